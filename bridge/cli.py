@@ -1,0 +1,166 @@
+"""Command line: ``trigger-bridge run|validate|demo|schedule`` (DESIGN section 2).
+
+User errors (a bad config, a bad expression, a bad setting) print one line per problem
+and exit 2; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from pydantic import ValidationError
+
+from bridge import __version__
+from bridge.config import BridgeConfig, ConfigError, load_config, problems_from
+from bridge.schedule import ScheduleError, parse_schedule
+from bridge.settings import Settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except _UsageError as err:
+        for line in err.lines:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+
+
+class _UsageError(Exception):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trigger-bridge",
+        description="Kafka, RabbitMQ and cron triggers for functions on Kubernetes.",
+    )
+    parser.add_argument("--version", action="version", version=f"trigger-bridge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--config", help="config file (default: $BRIDGE_CONFIG)")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser("validate", help="check a config file")
+    validate.add_argument("--config", help="config file (default: $BRIDGE_CONFIG)")
+    validate.set_defaults(handler=_validate)
+
+    demo = commands.add_parser("demo", help="run a self-contained demo")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop after this many seconds (default: until Ctrl-C)")
+    demo.set_defaults(handler=_demo)
+
+    schedule = commands.add_parser("schedule", help="print the next fire times of a schedule")
+    schedule.add_argument("expression", help='cron expression, e.g. "0 2 * * *" or "@hourly"')
+    schedule.add_argument("--time-zone", default="UTC", help="IANA time zone (default UTC)")
+    schedule.add_argument("--from", dest="start", help="ISO 8601 start (default: now)")
+    schedule.add_argument("--count", type=int, default=5, help="how many (default 5)")
+    schedule.set_defaults(handler=_schedule)
+    return parser
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as err:
+        lines = [f"BRIDGE_{p.path.upper()}: {p.message}" for p in problems_from(err)]
+        raise _UsageError(lines) from None
+
+
+def _config(path: str | None, settings: Settings) -> tuple[str, BridgeConfig]:
+    path = path or settings.config
+    if not path:
+        raise _UsageError(["no config file: pass --config FILE or set BRIDGE_CONFIG"])
+    try:
+        return path, load_config(path)
+    except ConfigError as err:
+        raise _UsageError([str(p) for p in err.problems]) from None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    path, config = _config(args.config, _settings())
+    print(f"ok: {path}: {config.summary()}")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bridge.logs import configure
+
+    settings = _settings()
+    _, config = _config(args.config, settings)
+    configure(settings.log_format, settings.log_level)
+    return asyncio.run(_serve(config, settings))
+
+
+async def _serve(config: BridgeConfig, settings: Settings) -> int:
+    from bridge.runtime import Runtime
+
+    stop = stop_on_signals()
+    await Runtime(config, settings).serve(stop)
+    return EXIT_OK
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT; a second signal exits at once."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            print(f"second {signal.Signals(signum).name}: exiting now", file=sys.stderr)
+            raise SystemExit(EXIT_FAILURE)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    return stop
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+    from bridge.logs import configure
+
+    settings = _settings()
+    configure("console", settings.log_level)
+    return asyncio.run(run_demo(settings, args.duration))
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise _UsageError([f"--count: must be at least 1, got {args.count}"])
+    try:
+        schedule = parse_schedule(args.expression, args.time_zone)
+    except ScheduleError as err:
+        raise _UsageError([f"schedule: {err}"]) from None
+    zone = ZoneInfo(schedule.time_zone)
+    moment = datetime.now(zone) if args.start is None else _parse_start(args.start, zone)
+    for _ in range(args.count):
+        moment = schedule.next_after(moment)
+        print(moment.isoformat())
+    return EXIT_OK
+
+
+def _parse_start(text: str, zone: ZoneInfo) -> datetime:
+    """ISO 8601; without an offset it is read in the schedule's time zone."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _UsageError([f"--from: not an ISO 8601 time: {text!r}"]) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

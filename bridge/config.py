@@ -1,0 +1,573 @@
+"""The config file (DESIGN section 3): YAML -> validated, frozen pydantic models.
+
+Loading goes through three steps, each of which reports problems with the path of the
+offending field (``triggers[2].cron.schedule: ...``) instead of raising a traceback:
+
+1. YAML is parsed (duplicate keys are an error, not a silent overwrite);
+2. ``${ENV_VAR}`` (or ``${ENV_VAR:-default}``) inside strings is replaced from the
+   environment; a missing variable is a problem at its path;
+3. the tree is validated (unknown keys rejected), then cross-references are checked
+   (each trigger's function exists, trigger names are unique).
+
+``load_config`` returns a :class:`BridgeConfig` or raises :class:`ConfigError` holding
+every problem found. Triggers resolve their effective settings (defaults inherited,
+field by field) through :meth:`BridgeConfig.resolve`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bridge.durations import parse_duration
+from bridge.retry import RetryPolicy
+from bridge.schedule import ScheduleError, parse_schedule
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """One or more problems in a config; ``str()`` gives one line per problem."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+
+
+def _as_list(value: object) -> object:
+    """``a:1,b:2`` or ``[a:1, b:2]`` -> list of strings."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Servers = Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- retries and dead letters -------------------------------------------------------
+
+
+class RetryConfig(Strict):
+    max_attempts: int = Field(5, ge=1, le=1000)
+    initial_backoff: Duration = 0.2
+    max_backoff: Duration = 30.0
+    multiplier: float = Field(2.0, ge=1.0, le=100.0)
+    jitter: bool = True
+    #: Non-5xx statuses that are retried (every 5xx always is).
+    retryable_statuses: frozenset[int] = frozenset({408, 409, 425, 429})
+
+    @field_validator("retryable_statuses")
+    @classmethod
+    def _statuses_are_errors(cls, value: frozenset[int]) -> frozenset[int]:
+        bad = sorted(s for s in value if not 400 <= s <= 599)
+        if bad:
+            raise ValueError(f"retryable statuses must be 4xx or 5xx, got {bad}")
+        return value
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            initial_backoff=self.initial_backoff,
+            max_backoff=self.max_backoff,
+            multiplier=self.multiplier,
+            jitter=self.jitter,
+        )
+
+
+class TlsConfig(Strict):
+    """TLS for broker connections. Files are paths (mounted secrets)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password: SecretStr | None = None
+    verify: bool = True
+
+
+class SaslConfig(Strict):
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username: str
+    password: SecretStr
+
+
+class KafkaConnection(Strict):
+    """Settings shared by the Kafka source and the Kafka dead-letter sink."""
+
+    bootstrap_servers: Servers
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl: SaslConfig | None = None
+    tls: TlsConfig | None = None
+    client_id: str = "trigger-bridge"
+
+    @model_validator(mode="after")
+    def _security_is_consistent(self) -> KafkaConnection:
+        if self.security_protocol.startswith("SASL") and self.sasl is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs a 'sasl' section")
+        return self
+
+
+class FileSinkConfig(Strict):
+    path: str = Field(min_length=1)
+    fsync: bool = True
+
+
+class KafkaSinkConfig(Strict):
+    topic: str = Field(min_length=1)
+    #: Default: the trigger's own Kafka connection (when it has one).
+    bootstrap_servers: Servers | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    sasl: SaslConfig | None = None
+    tls: TlsConfig | None = None
+
+
+class RabbitSinkConfig(Strict):
+    #: Publish to this exchange with publisher confirms (``""`` is the default exchange).
+    exchange: str | None = None
+    routing_key: str = ""
+    #: Default: the trigger's own RabbitMQ url (when it has one).
+    url: SecretStr | None = None
+    tls: TlsConfig | None = None
+    #: ``basic.reject(requeue=false)`` the original so the queue's own DLX takes it.
+    reject: bool = False
+
+    @model_validator(mode="after")
+    def _exchange_or_reject(self) -> RabbitSinkConfig:
+        if self.reject == (self.exchange is not None):
+            raise ValueError("set either 'exchange' (publish) or 'reject: true' (queue's own DLX)")
+        return self
+
+
+class DeadLetterConfig(Strict):
+    file: FileSinkConfig | None = None
+    kafka: KafkaSinkConfig | None = None
+    rabbitmq: RabbitSinkConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DeadLetterConfig:
+        _require_exactly_one(self, ("file", "kafka", "rabbitmq"), "dead-letter sink")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("file", "kafka", "rabbitmq") if getattr(self, k) is not None)
+
+
+class Defaults(Strict):
+    timeout: Duration = 30.0
+    retry: RetryConfig = RetryConfig()
+    dead_letter: DeadLetterConfig | None = None
+    concurrency: int = Field(100, ge=1)
+
+
+# --- functions ---------------------------------------------------------------------
+
+
+class KubernetesTarget(Strict):
+    service: str = Field(min_length=1)
+    namespace: str | None = None
+    port: int | str = "http"
+    path: str = "/"
+
+
+class OverflowConfig(Strict):
+    url: str
+    #: How long to wait for in-cluster capacity before overflowing.
+    after: Duration = 0.25
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str) -> str:
+        return _http_url(value)
+
+
+class FunctionConfig(Strict):
+    url: str | None = None
+    urls: list[str] | None = Field(None, min_length=1)
+    kubernetes: KubernetesTarget | None = None
+    #: In-flight invocations of this function across all triggers (the quota).
+    max_concurrency: int | None = Field(None, ge=1)
+    timeout: Duration | None = None
+    overflow: OverflowConfig | None = None
+    #: Static headers added to every request (e.g. an auth token from ``${ENV}``).
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls_are_http(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_http_url(v) for v in value]
+
+    @model_validator(mode="after")
+    def _one_target(self) -> FunctionConfig:
+        _require_exactly_one(self, ("url", "urls", "kubernetes"), "target")
+        return self
+
+    @property
+    def static_urls(self) -> list[str]:
+        return [self.url] if self.url else list(self.urls or [])
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+# --- sources -----------------------------------------------------------------------
+
+
+class KafkaSource(KafkaConnection):
+    topics: list[str] = Field(min_length=1)
+    group_id: str = Field(min_length=1)
+    initial_offset: Literal["earliest", "latest"] = "earliest"
+    ordering: Literal["key", "partition", "none"] = "key"
+    #: Records taken but not yet settled; above it fetching pauses (backpressure).
+    max_unsettled: int = Field(1000, ge=1)
+    commit_interval: Duration = 1.0
+    session_timeout: Duration = 30.0
+    max_poll_records: int = Field(500, ge=1)
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _topics_list(cls, value: object) -> object:
+        return _as_list(value)
+
+
+class RabbitDeclare(Strict):
+    """Optional topology the bridge declares before consuming."""
+
+    durable: bool = True
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    exchange: str | None = None
+    exchange_type: Literal["direct", "fanout", "topic", "headers"] = "direct"
+    routing_key: str | None = None
+
+
+class RabbitSource(Strict):
+    url: SecretStr
+    queue: str = Field(min_length=1)
+    prefetch: int = Field(50, ge=1, le=65535)
+    declare: RabbitDeclare | None = None
+    ordering: Literal["none", "key"] = "none"
+    #: With ``ordering: key``: the header holding the key (default: the routing key).
+    ordering_header: str | None = None
+    tls: TlsConfig | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr) -> SecretStr:
+        if not re.match(r"^amqps?://", value.get_secret_value()):
+            raise ValueError("expected an amqp:// or amqps:// URL")
+        return value
+
+
+class CronSource(Strict):
+    schedule: str
+    time_zone: str = "UTC"
+    concurrency_policy: Literal["Allow", "Forbid", "Replace"] = "Allow"
+    starting_deadline: Duration | None = None
+    suspend: bool = False
+    data: Any = None
+    content_type: str = "application/json"
+
+    @model_validator(mode="after")
+    def _schedule_parses(self) -> CronSource:
+        try:
+            parse_schedule(self.schedule, self.time_zone)
+        except ScheduleError as err:
+            field = "time_zone" if "time zone" in str(err) else "schedule"
+            raise _FieldError(field, str(err)) from None
+        return self
+
+
+class _FieldError(ValueError):
+    """A model-level check that belongs to one field (its name goes into the path)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}\x00{message}")
+
+
+SOURCE_KINDS = ("kafka", "rabbitmq", "cron")
+
+
+class TriggerConfig(Strict):
+    name: Name
+    function: str
+    concurrency: int | None = Field(None, ge=1)
+    timeout: Duration | None = None
+    retry: RetryConfig | None = None
+    dead_letter: DeadLetterConfig | None = None
+    kafka: KafkaSource | None = None
+    rabbitmq: RabbitSource | None = None
+    cron: CronSource | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TriggerConfig:
+        _require_exactly_one(self, SOURCE_KINDS, "source")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
+
+    @property
+    def source(self) -> KafkaSource | RabbitSource | CronSource:
+        source = getattr(self, self.kind)
+        assert source is not None
+        return source  # type: ignore[no-any-return]
+
+
+class BridgeConfig(Strict):
+    defaults: Defaults = Defaults()
+    functions: dict[str, FunctionConfig] = Field(default_factory=dict)
+    triggers: list[TriggerConfig] = Field(default_factory=list)
+
+    def resolve(self, trigger: TriggerConfig) -> ResolvedTrigger:
+        function = self.functions[trigger.function]
+        retry = _merge(self.defaults.retry, trigger.retry)
+        timeout = trigger.timeout or function.timeout or self.defaults.timeout
+        return ResolvedTrigger(
+            config=trigger,
+            function_name=trigger.function,
+            function=function,
+            concurrency=trigger.concurrency or self.defaults.concurrency,
+            timeout=timeout,
+            retry=retry,
+            dead_letter=trigger.dead_letter or self.defaults.dead_letter,
+        )
+
+    def summary(self) -> str:
+        kinds = {k: sum(1 for t in self.triggers if t.kind == k) for k in SOURCE_KINDS}
+        parts = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+        return (
+            f"{len(self.triggers)} trigger(s)" + (f" ({parts})" if parts else "")
+            + f", {len(self.functions)} function(s)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedTrigger:
+    """A trigger with every default applied: what the runtime builds from."""
+
+    config: TriggerConfig
+    function_name: str
+    function: FunctionConfig
+    concurrency: int
+    timeout: float
+    retry: RetryConfig
+    dead_letter: DeadLetterConfig | None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def _merge(base: RetryConfig, override: RetryConfig | None) -> RetryConfig:
+    if override is None:
+        return base
+    return base.model_copy(update={f: getattr(override, f) for f in override.model_fields_set})
+
+
+def _require_exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    present = [f for f in fields if getattr(model, f) is not None]
+    if len(present) != 1:
+        options = ", ".join(f"'{f}'" for f in fields)
+        found = f"found {', '.join(present)}" if present else "found none"
+        raise ValueError(f"needs exactly one {what} of {options}; {found}")
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> BridgeConfig:
+    """Read, interpolate and validate a config file; raise ConfigError on any problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([ConfigProblem("", f"cannot read {path}: {err.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigProblem("", f"{path} is not UTF-8 text")]) from None
+    return parse_config(text, env=env, name=str(path))
+
+
+def parse_config(
+    text: str, env: Mapping[str, str] | None = None, name: str = "<config>"
+) -> BridgeConfig:
+    raw = _load_yaml(text, name)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem("", "the top level must be a mapping")])
+    problems: list[ConfigProblem] = []
+    raw = _interpolate(raw, os.environ if env is None else env, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    return validate_tree(raw)
+
+
+def validate_tree(raw: dict[str, Any]) -> BridgeConfig:
+    """Validate an already-loaded tree (also used for Trigger custom resources)."""
+    try:
+        config = BridgeConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(list(problems_from(err))) from None
+    problems = list(_cross_references(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def problems_from(err: ValidationError, prefix: str = "") -> Iterator[ConfigProblem]:
+    for item in err.errors(include_url=False):
+        loc = list(item["loc"])
+        message = str(item["msg"])
+        ctx_error = (item.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _FieldError):
+            field, message = str(ctx_error).split("\x00", 1)
+            loc.append(field)
+        else:
+            message = _humanize(item["type"], message)
+        yield ConfigProblem(join_path(loc, prefix), message)
+
+
+def join_path(loc: list[int | str] | tuple[int | str, ...], prefix: str = "") -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _humanize(kind: str, message: str) -> str:
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+def _cross_references(config: BridgeConfig) -> Iterator[ConfigProblem]:
+    seen: dict[str, int] = {}
+    for index, trigger in enumerate(config.triggers):
+        if trigger.name in seen:
+            yield ConfigProblem(
+                f"triggers[{index}].name",
+                f"duplicate trigger name {trigger.name!r} (also triggers[{seen[trigger.name]}])",
+            )
+        seen.setdefault(trigger.name, index)
+        if trigger.function not in config.functions:
+            known = ", ".join(sorted(config.functions)) or "none defined"
+            yield ConfigProblem(
+                f"triggers[{index}].function",
+                f"unknown function {trigger.function!r} (known: {known})",
+            )
+        if (
+            trigger.dead_letter is None
+            and config.defaults.dead_letter is None
+        ):
+            yield ConfigProblem(
+                f"triggers[{index}].dead_letter",
+                "no dead-letter sink: set one here or in defaults.dead_letter",
+            )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    result: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", mark
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+    return result
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def _load_yaml(text: str, name: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([ConfigProblem("", f"{where}: invalid YAML: {problem}")]) from None
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(
+    node: Any, env: Mapping[str, str], path: str, problems: list[ConfigProblem]
+) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: _interpolate(v, env, join_path([str(k)], path), problems) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        return _ENV_REF.sub(lambda m: _lookup(m, env, path, problems), node)
+    return node
+
+
+def _lookup(
+    match: re.Match[str], env: Mapping[str, str], path: str, problems: list[ConfigProblem]
+) -> str:
+    name, default = match.group(1), match.group(2)
+    if name in env:
+        return env[name]
+    if default is not None:
+        return default
+    problems.append(ConfigProblem(path, f"environment variable {name} is not set"))
+    return ""

@@ -1,0 +1,273 @@
+"""The dispatcher: from an accepted event to a settled one, for one trigger.
+
+It knows nothing about any one source. For each event it
+
+1. admits it (at most ``max_unsettled`` events taken but not settled: ``submit`` waits
+   beyond that, which is the backpressure every connector feels);
+2. puts it in its ordering lane: ``key`` (one lane per ordering key, falling back to
+   the partition), ``partition`` (one lane per partition) or ``none`` (no lane); a lane
+   runs its events one at a time in arrival order, different lanes run in parallel;
+3. runs attempts, each holding a trigger concurrency slot and, inside the invoker,
+   the function's quota slot, bounded by the invocation timeout; between attempts it
+   sleeps the backoff (holding no slot), honouring ``Retry-After``;
+4. on a 2xx settles the event ``DELIVERED``; on a permanent failure or after the last
+   attempt it writes a dead letter, retrying the write until it is confirmed, and only
+   then settles ``DEAD_LETTERED``. Nothing is settled otherwise: an event still
+   unsettled at shutdown is the source's to redeliver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from bridge.config import ResolvedTrigger
+from bridge.deadletter import DeadLetter, Sink
+from bridge.events import Disposition, Event
+from bridge.invoker import Invoker
+from bridge.logs import Logger
+from bridge.metrics import Metrics
+from bridge.outcome import Outcome, Verdict
+from bridge.pools import Target
+from bridge.retry import RetryPolicy, backoff
+
+Ordering = Literal["key", "partition", "none"]
+
+#: Backoff between failed dead-letter writes: quick at first, then every 30 s.
+_SINK_RETRY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=30.0)
+
+
+class Draining(Exception):
+    """Raised inside a backoff wait when the dispatcher is told to stop."""
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchParts:
+    """What a dispatcher needs from the engine (built once per trigger)."""
+
+    target: Target
+    invoker: Invoker
+    sink: Sink
+    metrics: Metrics
+    log: Logger
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        trigger: ResolvedTrigger,
+        parts: DispatchParts,
+        ordering: Ordering = "none",
+        max_unsettled: int | None = None,
+    ) -> None:
+        self.trigger = trigger
+        self._parts = parts
+        self._ordering = ordering
+        self._policy = trigger.retry.policy()
+        self._retryable = trigger.retry.retryable_statuses
+        self._slots = asyncio.Semaphore(trigger.concurrency)
+        limit = max_unsettled or max(4 * trigger.concurrency, 256)
+        self._admission = asyncio.Semaphore(limit)
+        self._open = 0
+        self._lanes: dict[Hashable, deque[Event]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        name, function = trigger.name, trigger.function_name
+        m = parts.metrics
+        self._m_received = m.events_received.labels(name)
+        self._m_unsettled = m.unsettled.labels(name)
+        self._m_in_flight = m.in_flight.labels(name, function)
+        self._m_duration = m.invocation_duration.labels(name, function)
+        self._m_outcome = {v: m.invocations.labels(name, function, v.value) for v in Verdict}
+        self._m_retries = m.retries.labels(name, function)
+        self._m_overflow = m.overflow_invocations.labels(name, function)
+        self._m_settled = {d: m.settled.labels(name, d.value) for d in Disposition}
+        self._log = parts.log.bind(trigger=name, function=function)
+
+    @property
+    def unsettled(self) -> int:
+        """Events accepted and not yet finished."""
+        return self._open
+
+    async def submit(self, event: Event) -> None:
+        """Accept an event; waits while ``max_unsettled`` events are open."""
+        await self._admission.acquire()
+        self._open += 1
+        self._m_received.inc()
+        self._m_unsettled.inc()
+        lane = self._lane_of(event)
+        if lane is None:
+            self._spawn(self._process(event), event)
+            return
+        queue = self._lanes.get(lane)
+        if queue is not None:
+            queue.append(event)
+            return
+        self._lanes[lane] = deque([event])
+        self._spawn(self._run_lane(lane), None)
+
+    def _lane_of(self, event: Event) -> Hashable | None:
+        if self._ordering == "none":
+            return None
+        if self._ordering == "key" and event.ordering_key is not None:
+            return ("k", event.ordering_key)
+        return ("p", event.partition)
+
+    def _spawn(self, work: object, event: Event | None) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if event is not None:
+            event.attach(task)
+
+    async def _run_lane(self, lane: Hashable) -> None:
+        queue = self._lanes[lane]
+        try:
+            while queue and not self._stopping.is_set():
+                await self._process(queue[0])
+                queue.popleft()
+        finally:
+            self._lanes.pop(lane, None)
+
+    async def _process(self, event: Event) -> None:
+        try:
+            await self._deliver(event)
+        except asyncio.CancelledError:
+            if not event.abandoned:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await self._settle(event, Disposition.ABANDONED)
+        except Draining:
+            self._log.info("left unsettled for redelivery", event_id=event.id)
+        finally:
+            self._open -= 1
+            self._admission.release()
+            self._m_unsettled.dec()
+
+    async def _deliver(self, event: Event) -> None:
+        if event.defect is not None:
+            outcome = Outcome(Verdict.PERMANENT, "invalid_message", detail=event.defect)
+            await self._dead_letter(event, outcome, attempts=0)
+            return
+        outcome, attempts = await self._attempts(event)
+        if outcome is None:
+            await self._settle(event, Disposition.ABANDONED)
+        elif outcome.ok:
+            await self._settle(event, Disposition.DELIVERED)
+        else:
+            await self._dead_letter(event, outcome, attempts)
+
+    async def _attempts(self, event: Event) -> tuple[Outcome | None, int]:
+        """Run attempts until delivered, permanent or exhausted; None = missed deadline."""
+        attempt = 0
+        while True:
+            attempt += 1
+            async with self._slots:
+                if attempt == 1 and self._stopping.is_set():
+                    raise Draining
+                if attempt == 1 and _past(event.not_after):
+                    self._log.warning("missed starting deadline", event_id=event.id)
+                    return None, 0
+                outcome = await self._attempt(event, attempt)
+            if outcome.verdict is not Verdict.RETRYABLE or attempt >= self._policy.max_attempts:
+                return outcome, attempt
+            self._m_retries.inc()
+            delay = backoff(self._policy, attempt, outcome.retry_after)
+            self._log.warning(
+                "invocation failed, will retry",
+                event_id=event.id, attempt=attempt, status=outcome.status,
+                reason=outcome.reason, detail=outcome.detail[:200], retry_in=round(delay, 3),
+            )
+            await self._sleep(delay)
+
+    async def _attempt(self, event: Event, attempt: int) -> Outcome:
+        self._m_in_flight.inc()
+        try:
+            outcome = await self._parts.invoker.invoke(
+                self._parts.target, event, attempt, self.trigger.timeout, self._retryable
+            )
+        finally:
+            self._m_in_flight.dec()
+        self._m_outcome[outcome.verdict].inc()
+        self._m_duration.observe(outcome.duration)
+        if outcome.overflow:
+            self._m_overflow.inc()
+        self._log.debug(
+            "invoked", event_id=event.id, attempt=attempt, status=outcome.status,
+            outcome=outcome.reason, duration=round(outcome.duration, 4), overflow=outcome.overflow,
+        )
+        return outcome
+
+    async def _dead_letter(self, event: Event, outcome: Outcome, attempts: int) -> None:
+        record = DeadLetter.of(event, self.trigger.function_name, outcome, attempts)
+        failures = 0
+        while True:
+            try:
+                await self._parts.sink.write(record)
+                break
+            except Exception as err:  # noqa: BLE001 - any sink failure: keep the event, retry
+                failures += 1
+                self._parts.metrics.dead_letter_failures.labels(self.trigger.name).inc()
+                delay = backoff(_SINK_RETRY, failures)
+                self._log.error(
+                    "dead-letter write failed; event stays unsettled",
+                    event_id=event.id, error=str(err)[:300], retry_in=round(delay, 3),
+                )
+                await self._sleep(delay)
+        self._parts.metrics.dead_letters.labels(
+            self.trigger.name, self.trigger.function_name, outcome.reason
+        ).inc()
+        self._log.error(
+            "dead-lettered", event_id=event.id, attempts=attempts, status=outcome.status,
+            reason=outcome.reason, detail=outcome.detail[:200],
+        )
+        await self._settle(event, Disposition.DEAD_LETTERED)
+
+    async def _settle(self, event: Event, disposition: Disposition) -> None:
+        try:
+            await event.settle(disposition)
+        except Exception as err:  # noqa: BLE001 - the source will redeliver; log and go on
+            self._log.warning("settle failed", event_id=event.id, error=str(err)[:300])
+            return
+        self._m_settled[disposition].inc()
+
+    async def _sleep(self, delay: float) -> None:
+        if self._stopping.is_set():
+            raise Draining
+        try:
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+        except TimeoutError:
+            return
+        raise Draining
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop retrying, let in-flight attempts finish within ``timeout``, cancel the rest.
+
+        Returns True when everything finished in time. Events whose work was cancelled
+        stay unsettled (the source redelivers them).
+        """
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        while self._tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await asyncio.wait(set(self._tasks), timeout=remaining)
+        leftover = set(self._tasks)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.gather(*leftover, return_exceptions=True)
+        return not leftover
+
+
+def _past(deadline: datetime | None) -> bool:
+    return deadline is not None and datetime.now(UTC) > deadline

@@ -1,0 +1,66 @@
+"""What one invocation attempt came to, and the rule that classifies it (DESIGN section 4).
+
+2xx is delivered. Timeouts, connection errors and the configurable retryable statuses
+(408, 409, 425, 429 and every 5xx by default) are retried, honouring ``Retry-After``.
+Any other status is permanent and goes to the dead-letter sink at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+DEFAULT_RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 409, 425, 429})
+
+
+class Verdict(enum.Enum):
+    DELIVERED = "delivered"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    #: Short machine-friendly reason: ``ok``, ``http_503``, ``timeout``, ``connect_error``...
+    reason: str
+    status: int | None = None
+    detail: str = ""
+    retry_after: float | None = None
+    duration: float = 0.0
+    #: True when the overflow pool served this attempt.
+    overflow: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.DELIVERED
+
+
+def classify_status(
+    status: int, retryable: Collection[int] = DEFAULT_RETRYABLE_STATUSES
+) -> Verdict:
+    """Classify an HTTP status. ``retryable`` lists non-5xx codes that are retried."""
+    if 200 <= status < 300:
+        return Verdict.DELIVERED
+    if status >= 500 or status in retryable:
+        return Verdict.RETRYABLE
+    return Verdict.PERMANENT
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

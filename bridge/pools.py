@@ -1,0 +1,151 @@
+"""Where a function's invocations go: its endpoint pool, quota and overflow.
+
+A :class:`Pool` knows a function's endpoints and picks the one with the fewest
+outstanding requests. A :class:`Target` wraps a pool with the platform team's
+per-function quota (``max_concurrency``, shared by every trigger of the function) and
+the hybrid overflow: when no in-cluster capacity is available within ``after``, the
+invocation goes to the overflow URL instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class NoEndpoints(Exception):
+    """The function has no ready endpoint (and no overflow to go to)."""
+
+
+@dataclass(slots=True, eq=False)
+class Endpoint:
+    url: str
+    outstanding: int = 0
+    ready: bool = True
+
+
+class Pool(Protocol):
+    """A function's endpoints. Static here; the Kubernetes pool watches EndpointSlices."""
+
+    def pick(self) -> Endpoint | None:
+        """The ready endpoint with the fewest outstanding requests, or None."""
+
+    async def wait_ready(self) -> None:
+        """Return once at least one endpoint is ready."""
+
+
+class BalancedPool:
+    """Fewest-outstanding balancing over a mutable endpoint set; ties rotate."""
+
+    def __init__(self, urls: Sequence[str] = ()) -> None:
+        self._endpoints: list[Endpoint] = [Endpoint(u) for u in urls]
+        self._rotation = itertools.count()
+        self._changed = asyncio.Event()
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints)
+
+    def pick(self) -> Endpoint | None:
+        endpoints = self._endpoints
+        if len(endpoints) == 1:
+            only = endpoints[0]
+            return only if only.ready else None
+        best: Endpoint | None = None
+        start = next(self._rotation)
+        count = len(endpoints)
+        for i in range(count):
+            candidate = endpoints[(start + i) % count]
+            if candidate.ready and (best is None or candidate.outstanding < best.outstanding):
+                best = candidate
+        return best
+
+    async def wait_ready(self) -> None:
+        while not any(e.ready for e in self._endpoints):
+            self._changed.clear()
+            await self._changed.wait()
+
+    def replace(self, urls: Mapping[str, bool]) -> None:
+        """Set the endpoint set to ``urls`` (url -> ready), keeping outstanding counts."""
+        current = {e.url: e for e in self._endpoints}
+        updated: list[Endpoint] = []
+        for url, ready in urls.items():
+            endpoint = current.get(url) or Endpoint(url)
+            endpoint.ready = ready
+            updated.append(endpoint)
+        self._endpoints = updated
+        self._changed.set()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    url: str
+    overflow: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Target:
+    """One function as the invoker sees it."""
+
+    name: str
+    pool: Pool
+    max_concurrency: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    overflow_url: str | None = None
+    overflow_after: float = 0.25
+    _slots: asyncio.Semaphore | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency is not None:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+
+    @asynccontextmanager
+    async def route(self) -> AsyncIterator[Route]:
+        """Hold a quota slot and an endpoint (or the overflow URL) for one attempt."""
+        if self.overflow_url is not None and not await self._capacity_within(self.overflow_after):
+            yield Route(self.overflow_url, overflow=True)
+            return
+        if self.overflow_url is None:
+            await self._take_slot()
+        try:
+            endpoint = self.pool.pick()
+            if endpoint is None:
+                raise NoEndpoints(f"function {self.name!r} has no ready endpoints")
+            endpoint.outstanding += 1
+            try:
+                yield Route(endpoint.url)
+            finally:
+                endpoint.outstanding -= 1
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    async def _take_slot(self) -> None:
+        if self._slots is not None:
+            await self._slots.acquire()
+
+    async def _capacity_within(self, seconds: float) -> bool:
+        """Take a quota slot with a ready endpoint within ``seconds``; False means overflow."""
+        taken = False
+        try:
+            async with asyncio.timeout(seconds):
+                await self._take_slot()
+                taken = True
+                await self.pool.wait_ready()
+        except BaseException as err:
+            if taken and self._slots is not None:
+                self._slots.release()
+            if isinstance(err, TimeoutError):
+                return False
+            raise
+        return True
+
+    async def close(self) -> None:
+        with suppress(Exception):
+            closer = getattr(self.pool, "close", None)
+            if closer is not None:
+                await closer()

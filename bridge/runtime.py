@@ -1,0 +1,255 @@
+"""The daemon's lifecycle: build every trigger, run it, drain it.
+
+Shape (after kopf's reactor): a handful of named root tasks -- one *pump* per trigger
+(connector -> dispatcher) and the admin server -- under one :class:`Runtime`. A signal
+sets the stop event; then intake stops (pumps are cancelled), in-flight work drains
+within ``BRIDGE_DRAIN_TIMEOUT``, connectors settle and close (commit, ack), and the
+process exits 0. A pump whose connector fails to start or breaks is restarted with
+backoff and logs why; its trigger reads not-ready meanwhile. Nothing runs unsupervised.
+
+Triggers are units keyed by name, so a config reload or a Trigger resource change can
+add, replace or remove one without touching the others (:meth:`Runtime.apply`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bridge.admin import AdminServer
+from bridge.config import BridgeConfig, FunctionConfig, ResolvedTrigger
+from bridge.deadletter import Sink
+from bridge.dispatcher import DispatchParts, Dispatcher
+from bridge.invoker import Invoker
+from bridge.leadership import AlwaysLeader, Leadership
+from bridge.logs import Logger, get_logger
+from bridge.metrics import Metrics
+from bridge.pools import BalancedPool, Pool, Target
+from bridge.retry import RetryPolicy, backoff
+from bridge.settings import Settings
+from connectors.base import Connector, ConnectorContext, connector_factory, sink_factory
+
+_RESTART = RetryPolicy(max_attempts=1, initial_backoff=1.0, max_backoff=30.0)
+_STOP_TIMEOUT = 15.0
+
+
+@dataclass(slots=True, eq=False)
+class Unit:
+    """One running trigger."""
+
+    trigger: ResolvedTrigger
+    connector: Connector
+    dispatcher: Dispatcher
+    pump: asyncio.Task[None] | None = None
+    failures: int = field(default=0)
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: BridgeConfig,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        leadership: Leadership | None = None,
+        log: Logger | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.log = log or get_logger()
+        self.context = ConnectorContext(
+            metrics=self.metrics,
+            log=self.log,
+            leadership=leadership or AlwaysLeader(),
+            instance=settings.instance or "trigger-bridge",
+        )
+        self.units: dict[str, Unit] = {}
+        self.admin = AdminServer(
+            self.metrics, self.readiness, settings.admin_host, settings.admin_port
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._invoker: Invoker | None = None
+        self._targets: dict[str, Target] = {}
+        self._sinks: dict[str, Sink] = {}
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain and close everything."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        self._session = Invoker.session()
+        self._invoker = Invoker(self._session)
+        await self.admin.start()
+        for trigger in self.config.triggers:
+            await self._start_unit(self.config.resolve(trigger))
+        self.log.info(
+            "trigger-bridge started", triggers=len(self.units), admin_port=self.admin.port
+        )
+
+    async def shutdown(self) -> None:
+        started = time.monotonic()
+        units = list(self.units.values())
+        self.log.info("draining", triggers=len(units), timeout=self.settings.drain_timeout)
+        await self._stop_intake(units)
+        drained = await asyncio.gather(
+            *(u.dispatcher.drain(self.settings.drain_timeout) for u in units)
+        )
+        await asyncio.gather(*(self._stop_connector(u) for u in units))
+        self.units.clear()
+        for resource in [*self._sinks.values(), *self._targets.values(),
+                         *self.context.shared_values()]:
+            await _close_quietly(resource, self.log)
+        self._sinks.clear()
+        self._targets.clear()
+        if self._session is not None:
+            await self._session.close()
+        await self.admin.stop()
+        self.log.info(
+            "stopped", drained=all(drained), seconds=round(time.monotonic() - started, 3)
+        )
+
+    def readiness(self) -> Mapping[str, bool]:
+        ready = {name: unit.connector.ready for name, unit in self.units.items()}
+        for name, value in ready.items():
+            self.metrics.connector_ready.labels(name).set(1 if value else 0)
+        return ready
+
+    # --- units ----------------------------------------------------------------------
+
+    async def apply(self, config: BridgeConfig) -> None:
+        """Move to ``config``: start new triggers, restart changed ones, stop removed ones."""
+        wanted = {t.name: config.resolve(t) for t in config.triggers}
+        self.config = config
+        for name in [n for n in self.units if n not in wanted or wanted[n] != self.units[n].trigger]:
+            await self.stop_unit(name)
+        for name, resolved in wanted.items():
+            if name not in self.units:
+                await self._start_unit(resolved)
+
+    async def _start_unit(self, trigger: ResolvedTrigger) -> None:
+        assert self._invoker is not None, "start() first"
+        connector = connector_factory(trigger.config.kind)(trigger, self.context)
+        parts = DispatchParts(
+            target=self._target(trigger.function_name, trigger.function),
+            invoker=self._invoker,
+            sink=await self._sink(trigger),
+            metrics=self.metrics,
+            log=self.log,
+        )
+        ordering = getattr(trigger.config.source, "ordering", "none")
+        dispatcher = Dispatcher(trigger, parts, ordering, connector.max_unsettled)
+        unit = Unit(trigger, connector, dispatcher)
+        unit.pump = asyncio.create_task(self._pump(unit), name=f"pump:{trigger.name}")
+        self.units[trigger.name] = unit
+
+    async def stop_unit(self, name: str) -> None:
+        unit = self.units.pop(name, None)
+        if unit is None:
+            return
+        await self._stop_intake([unit])
+        await unit.dispatcher.drain(self.settings.drain_timeout)
+        await self._stop_connector(unit)
+        self.log.info("trigger stopped", trigger=name)
+
+    async def _pump(self, unit: Unit) -> None:
+        """connector -> dispatcher, restarting the connector with backoff when it fails."""
+        log = self.log.bind(trigger=unit.trigger.name)
+        while True:
+            try:
+                await unit.connector.start()
+                unit.failures = 0
+                async for event in unit.connector.events():
+                    await unit.dispatcher.submit(event)
+                log.warning("source ended; restarting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any source failure: log, back off, retry
+                unit.failures += 1
+                delay = backoff(_RESTART, unit.failures)
+                log.error(
+                    "source failed", error=_describe(err), attempt=unit.failures,
+                    retry_in=round(delay, 2),
+                )
+                await _close_quietly(unit.connector, log, method="stop")
+                await asyncio.sleep(delay)
+
+    async def _stop_intake(self, units: list[Unit]) -> None:
+        pumps = [u.pump for u in units if u.pump is not None]
+        for pump in pumps:
+            pump.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def _stop_connector(self, unit: Unit) -> None:
+        try:
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                await unit.connector.stop()
+        except Exception as err:  # noqa: BLE001 - shutting down: report and carry on
+            self.log.warning(
+                "connector stop failed", trigger=unit.trigger.name, error=_describe(err)
+            )
+
+    # --- shared parts ----------------------------------------------------------------
+
+    def _target(self, name: str, function: FunctionConfig) -> Target:
+        """One target per function: its quota is shared by every trigger that calls it."""
+        if name not in self._targets:
+            self._targets[name] = Target(
+                name=name,
+                pool=self._pool(name, function),
+                max_concurrency=function.max_concurrency,
+                headers=function.headers,
+                overflow_url=function.overflow.url if function.overflow else None,
+                overflow_after=function.overflow.after if function.overflow else 0.25,
+            )
+        return self._targets[name]
+
+    def _pool(self, name: str, function: FunctionConfig) -> Pool:
+        if function.kubernetes is not None:
+            from bridge.kube.pool import kubernetes_pool
+
+            return kubernetes_pool(name, function.kubernetes, self.context)
+        return BalancedPool(function.static_urls)
+
+    async def _sink(self, trigger: ResolvedTrigger) -> Sink:
+        config = trigger.dead_letter
+        assert config is not None, "validated: every trigger has a dead-letter sink"
+        same_kind = config.kind == trigger.config.kind
+        key = config.model_dump_json() + (
+            trigger.config.source.model_dump_json() if same_kind else ""
+        )
+        if key not in self._sinks:
+            sink = sink_factory(config.kind)(config, trigger)
+            try:
+                await sink.start()
+            except Exception as err:  # noqa: BLE001 - writes retry until the sink is back
+                self.log.error("dead-letter sink not available yet", trigger=trigger.name,
+                               sink=config.kind, error=_describe(err))
+            self._sinks[key] = sink
+        return self._sinks[key]
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}"[:400] if text else type(err).__name__
+
+
+async def _close_quietly(resource: Any, log: Logger, method: str = "close") -> None:
+    closer = getattr(resource, method, None)
+    if closer is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(_STOP_TIMEOUT):
+            await closer()

@@ -1,0 +1,258 @@
+"""Cron triggers with Kubernetes CronJob semantics, scheduled by APScheduler.
+
+APScheduler (3.x, ``AsyncIOScheduler``) owns the timing: one scheduler and one timer
+for every cron trigger in the process, however many there are. Its own crontab parser
+does not follow the CronJob standard (day-of-week 0 is Monday there, and day-of-month
+and day-of-week are ANDed), so jobs use :class:`ScheduleTrigger`, an APScheduler trigger
+over :mod:`bridge.schedule` -- the same code ``trigger-bridge schedule`` prints from.
+A small executor hands each due run time to its connector instead of calling a
+function, so the connector sees the *scheduled* time, which becomes the event id
+(``trigger/2026-03-09T06:30:00Z``) and ``ce-time``.
+
+CronJob semantics implemented by the connector:
+
+- ``concurrency_policy``: ``Allow`` runs every tick; ``Forbid`` skips a tick while the
+  previous run is unsettled; ``Replace`` cancels the running invocation and starts the
+  new one.
+- ``starting_deadline``: a tick that cannot start within it (the process was busy or
+  down, or every slot was taken) is skipped and counted. After a start, or on gaining
+  cron leadership, the most recent tick still inside the deadline is run (CronJob
+  starts only the latest missed schedule). Without a deadline, missed ticks are not
+  caught up (there is no record of what already ran).
+- ``suspend``: no ticks run.
+- ticks run only on the leader (see :mod:`bridge.leadership`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.job import Job
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+
+from bridge.config import CronSource, ResolvedTrigger
+from bridge.events import Disposition, Event, format_time
+from bridge.schedule import Schedule, parse_schedule
+from connectors.base import ConnectorContext
+
+EVENT_TYPE = "dev.triggerbridge.cron.tick"
+#: Bound on the catch-up search for the latest tick inside the starting deadline.
+_CATCH_UP_STEPS = 100_000
+
+TickHandler = Callable[[list[datetime]], None]
+
+
+class ScheduleTrigger(BaseTrigger):  # type: ignore[misc]
+    """APScheduler trigger computing fire times with :mod:`bridge.schedule`."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        return self.schedule.next_after(previous_fire_time or now)
+
+    def __str__(self) -> str:
+        return f"schedule[{self.schedule.expression!r} {self.schedule.time_zone}]"
+
+
+class _TickExecutor(BaseExecutor):  # type: ignore[misc]
+    """Passes due run times to the trigger's handler instead of running a callable."""
+
+    def __init__(self, handlers: dict[str, TickHandler]) -> None:
+        super().__init__()
+        self._handlers = handlers
+
+    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        try:
+            handler = self._handlers.get(job.id)
+            if handler is not None:
+                handler(run_times)
+        finally:
+            self._run_job_success(job.id, [])
+
+
+def _never_called() -> None:
+    """Placeholder callable for APScheduler jobs; the executor never calls it."""
+
+
+class CronClock:
+    """The process's one scheduler. Created on first use, shut down with the runtime."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, TickHandler] = {}
+        self._scheduler: AsyncIOScheduler | None = None
+
+    def _running(self) -> AsyncIOScheduler:
+        if self._scheduler is None:
+            scheduler = AsyncIOScheduler(timezone=UTC, event_loop=asyncio.get_running_loop())
+            scheduler.add_executor(_TickExecutor(self._handlers), alias="ticks")
+            scheduler.start()
+            self._scheduler = scheduler
+        return self._scheduler
+
+    def add(
+        self, name: str, schedule: Schedule, handler: TickHandler, first: datetime | None
+    ) -> None:
+        """Schedule ``name``; ``first`` (may be in the past) overrides the first run."""
+        scheduler = self._running()
+        self._handlers[name] = handler
+        options: dict[str, Any] = {} if first is None else {"next_run_time": first}
+        scheduler.add_job(
+            _never_called, trigger=ScheduleTrigger(schedule), id=name, executor="ticks",
+            coalesce=True, misfire_grace_time=None, max_instances=1_000_000,
+            replace_existing=True, **options,
+        )
+
+    def remove(self, name: str) -> None:
+        self._handlers.pop(name, None)
+        if self._scheduler is not None and self._scheduler.get_job(name) is not None:
+            self._scheduler.remove_job(name)
+
+    async def close(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+
+
+class CronConnector:
+    """One cron trigger: ticks in, events out, CronJob policies in between."""
+
+    def __init__(self, trigger: ResolvedTrigger, context: ConnectorContext) -> None:
+        source = trigger.config.cron
+        assert source is not None
+        self._name = trigger.name
+        self._source: CronSource = source
+        self._schedule = parse_schedule(source.schedule, source.time_zone)
+        self._deadline = (
+            None if source.starting_deadline is None else timedelta(seconds=source.starting_deadline)
+        )
+        self._body = b"" if source.data is None else json.dumps(source.data).encode()
+        self._context = context
+        self._clock = context.shared(CronClock, CronClock)
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._active: set[Event] = set()
+        self._replaced: set[Event] = set()
+        self._last_fired: datetime | None = None
+        self._started = False
+        self._log = context.log.bind(trigger=self._name)
+        metrics = context.metrics
+        self._m_lag = metrics.cron_fire_lag.labels(self._name)
+        self._m_replaced = metrics.cron_replaced.labels(self._name)
+        self._m_skipped = {
+            reason: metrics.cron_skipped.labels(self._name, reason)
+            for reason in ("missed_deadline", "forbid", "not_leader")
+        }
+        context.leadership.on_change(self._on_leadership)
+
+    @property
+    def ready(self) -> bool:
+        return self._started
+
+    @property
+    def max_unsettled(self) -> int | None:
+        return None
+
+    async def start(self) -> None:
+        if self._started or self._source.suspend:
+            self._started = True
+            return
+        now = datetime.now(UTC)
+        self._clock.add(self._name, self._schedule, self._on_ticks, self._catch_up(now))
+        self._started = True
+        self._log.info("cron trigger scheduled", schedule=self._source.schedule,
+                       time_zone=self._source.time_zone,
+                       next=self._schedule.next_after(now).isoformat())
+
+    async def stop(self) -> None:
+        self._clock.remove(self._name)
+        self._started = False
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self._queue.get()
+
+    def _catch_up(self, now: datetime) -> datetime | None:
+        """The latest tick in (now - starting_deadline, now], if any and not yet fired."""
+        if self._deadline is None:
+            return None
+        latest = None
+        tick = self._schedule.next_after(now - self._deadline)
+        for _ in range(_CATCH_UP_STEPS):
+            if tick > now:
+                break
+            latest = tick
+            tick = self._schedule.next_after(tick)
+        if latest is not None and latest == self._last_fired:
+            return None
+        return latest
+
+    def _on_leadership(self, leader: bool) -> None:
+        if leader and self._started and not self._source.suspend:
+            tick = self._catch_up(datetime.now(UTC))
+            if tick is not None:
+                self._on_ticks([tick])
+
+    def _on_ticks(self, run_times: list[datetime]) -> None:
+        for scheduled in run_times:
+            self._fire(scheduled)
+
+    def _fire(self, scheduled: datetime) -> None:
+        now = datetime.now(UTC)
+        if not self._context.leadership.is_leader:
+            self._m_skipped["not_leader"].inc()
+            return
+        if self._deadline is not None and now - scheduled > self._deadline:
+            self._skip("missed_deadline", scheduled)
+            return
+        if self._active and self._source.concurrency_policy == "Forbid":
+            self._skip("forbid", scheduled)
+            return
+        if self._active and self._source.concurrency_policy == "Replace":
+            self._replace_running()
+        event = self._event(scheduled)
+        self._active.add(event)
+        self._last_fired = scheduled
+        self._m_lag.observe(max(0.0, (now - scheduled).total_seconds()))
+        self._queue.put_nowait(event)
+
+    def _skip(self, reason: str, scheduled: datetime) -> None:
+        self._m_skipped[reason].inc()
+        self._log.warning("cron tick skipped", reason=reason, scheduled=format_time(scheduled))
+
+    def _replace_running(self) -> None:
+        for running in list(self._active):
+            if running.cancel():
+                self._replaced.add(running)
+                self._m_replaced.inc()
+                self._log.info("cron run replaced", event_id=running.id)
+
+    def _event(self, scheduled: datetime) -> Event:
+        utc = scheduled.astimezone(UTC)
+        return Event(
+            trigger=self._name,
+            id=f"{self._name}/{format_time(utc)}",
+            source=f"/cron/{self._name}",
+            type=EVENT_TYPE,
+            data=self._body,
+            content_type=self._source.content_type if self._body else None,
+            time=utc,
+            partition=self._name,
+            origin=f"schedule {self._source.schedule} ({self._source.time_zone})",
+            not_after=None if self._deadline is None else utc + self._deadline,
+            settler=self._settle,
+        )
+
+    async def _settle(self, event: Event, disposition: Disposition) -> None:
+        self._active.discard(event)
+        replaced = event in self._replaced
+        self._replaced.discard(event)
+        if disposition is Disposition.ABANDONED and not replaced:
+            self._m_skipped["missed_deadline"].inc()
