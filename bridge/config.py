@@ -152,20 +152,46 @@ class KafkaSinkConfig(Strict):
 
 
 class RabbitSinkConfig(Strict):
+    """``dead_letter: {rabbitmq: ...}``: publish (with confirms) or reject to the queue's DLX."""
+
     #: Publish to this exchange with publisher confirms (``""`` is the default exchange).
     exchange: str | None = None
     routing_key: str = ""
     #: Default: the trigger's own RabbitMQ url (when it has one).
     url: SecretStr | None = None
+    #: Default: the trigger's own ``tls`` when ``url`` is the trigger's.
     tls: TlsConfig | None = None
     #: ``basic.reject(requeue=false)`` the original so the queue's own DLX takes it.
     reject: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _check_amqp_url(value)
 
     @model_validator(mode="after")
     def _exchange_or_reject(self) -> RabbitSinkConfig:
         if self.reject == (self.exchange is not None):
             raise ValueError("set either 'exchange' (publish) or 'reject: true' (queue's own DLX)")
+        if self.reject and (self.url is not None or self.tls is not None or self.routing_key):
+            raise ValueError(
+                "'reject: true' publishes nothing: 'url', 'tls' and 'routing_key' do not apply"
+            )
+        if self.tls is not None and self.url is None:
+            raise _FieldError("url", "'tls' needs an explicit amqps:// 'url'")
+        _check_tls_scheme(self.url, self.tls)
         return self
+
+
+def _check_amqp_url(value: SecretStr) -> SecretStr:
+    if not re.match(r"^amqps?://[^/\s]", value.get_secret_value()):
+        raise ValueError("expected an amqp:// or amqps:// URL")
+    return value
+
+
+def _check_tls_scheme(url: SecretStr | None, tls: TlsConfig | None) -> None:
+    if url is not None and tls is not None and not url.get_secret_value().startswith("amqps://"):
+        raise _FieldError("tls", "'tls' needs an amqps:// url (TLS is not used with amqp://)")
 
 
 class DeadLetterConfig(Strict):
@@ -269,18 +295,32 @@ class KafkaSource(KafkaConnection):
 
 
 class RabbitDeclare(Strict):
-    """Optional topology the bridge declares before consuming."""
+    """Optional topology the bridge declares before consuming (idempotent; re-declared
+    after a reconnect). Without it the queue must already exist."""
 
     durable: bool = True
+    #: Queue arguments, e.g. ``x-queue-type: quorum``, ``x-dead-letter-exchange``,
+    #: ``x-delivery-limit``.
     arguments: dict[str, Any] = Field(default_factory=dict)
+    #: Declare this exchange too and bind the queue to it.
     exchange: str | None = None
     exchange_type: Literal["direct", "fanout", "topic", "headers"] = "direct"
+    #: Binding key (default: the queue name).
     routing_key: str | None = None
+
+    @model_validator(mode="after")
+    def _quorum_is_durable(self) -> RabbitDeclare:
+        if self.arguments.get("x-queue-type") in ("quorum", "stream") and not self.durable:
+            raise _FieldError("durable", "quorum and stream queues must be durable")
+        if self.routing_key is not None and self.exchange is None:
+            raise _FieldError("routing_key", "a binding 'routing_key' needs an 'exchange'")
+        return self
 
 
 class RabbitSource(Strict):
     url: SecretStr
-    queue: str = Field(min_length=1)
+    queue: str = Field(min_length=1, max_length=255)
+    #: basic.qos: messages delivered and not yet acked; also the bridge's in-flight bound.
     prefetch: int = Field(50, ge=1, le=65535)
     declare: RabbitDeclare | None = None
     ordering: Literal["none", "key"] = "none"
@@ -291,9 +331,14 @@ class RabbitSource(Strict):
     @field_validator("url")
     @classmethod
     def _amqp_url(cls, value: SecretStr) -> SecretStr:
-        if not re.match(r"^amqps?://", value.get_secret_value()):
-            raise ValueError("expected an amqp:// or amqps:// URL")
-        return value
+        return _check_amqp_url(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RabbitSource:
+        if self.ordering_header is not None and self.ordering != "key":
+            raise _FieldError("ordering_header", "'ordering_header' needs 'ordering: key'")
+        _check_tls_scheme(self.url, self.tls)
+        return self
 
 
 class CronSource(Strict):
@@ -509,6 +554,33 @@ def _cross_references(config: BridgeConfig) -> Iterator[ConfigProblem]:
                 f"triggers[{index}].dead_letter",
                 "no dead-letter sink: set one here or in defaults.dead_letter",
             )
+        yield from _rabbit_sink_problems(config, index, trigger)
+
+
+def _rabbit_sink_problems(
+    config: BridgeConfig, index: int, trigger: TriggerConfig
+) -> Iterator[ConfigProblem]:
+    """A RabbitMQ dead-letter sink borrows the trigger's connection, so it needs one."""
+    own = trigger.dead_letter is not None
+    dead_letter = trigger.dead_letter or config.defaults.dead_letter
+    sink = None if dead_letter is None else dead_letter.rabbitmq
+    if sink is None or trigger.kind == "rabbitmq":
+        return
+    where = f"triggers[{index}].dead_letter" if own else "defaults.dead_letter"
+    suffix = "" if own else f" (inherited by trigger {trigger.name!r})"
+    if sink.reject:
+        yield ConfigProblem(
+            f"{where}.rabbitmq.reject",
+            f"'reject: true' needs a rabbitmq trigger (it rejects the original message to its "
+            f"queue's own dead-letter exchange); trigger {trigger.name!r} is a {trigger.kind} "
+            f"trigger: set 'exchange' and 'url' instead{suffix}",
+        )
+    elif sink.url is None:
+        yield ConfigProblem(
+            f"{where}.rabbitmq.url",
+            f"required: trigger {trigger.name!r} is a {trigger.kind} trigger, so there is no "
+            f"RabbitMQ connection to default to{suffix}",
+        )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
