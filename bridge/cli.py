@@ -148,7 +148,12 @@ def _schedule(args: argparse.Namespace) -> int:
     zone = ZoneInfo(schedule.time_zone)
     moment = datetime.now(zone) if args.start is None else _parse_start(args.start, zone)
     for _ in range(args.count):
-        moment = schedule.next_after(moment)
+        try:
+            moment = schedule.next_after(moment)
+        except (ScheduleError, OverflowError):  # past the end of the calendar (year 9999)
+            raise _UsageError(
+                [f"schedule: no fire time after {moment.isoformat()} within years 1-9999"]
+            ) from None
         print(moment.isoformat())
     return EXIT_OK
 

@@ -16,15 +16,18 @@ field by field) through :meth:`BridgeConfig.resolve`.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,6 +37,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from bridge.durations import parse_duration
 from bridge.retry import RetryPolicy
@@ -58,7 +62,38 @@ class ConfigError(Exception):
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be longer than 0s")
+    return seconds
+
+
+#: A timeout: 0 would fail every invocation at once (and read as "unset" when inherited).
+Timeout = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+
+_NAME_MAX = 63
+
+
+def _check_name(value: str) -> str:
+    """A trigger name: a DNS label (lower-case letters, digits, '-'), like Kubernetes names."""
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > _NAME_MAX:
+        raise ValueError(f"must be at most {_NAME_MAX} characters, got {len(value)}")
+    if value != value.lower():
+        raise ValueError(f"must be lower case, got {value!r} (try {value.lower()!r})")
+    bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c == "-"))})
+    if bad:
+        listed = " ".join(repr(c) for c in bad)
+        raise ValueError(f"may contain only lower-case letters, digits and '-'; found {listed}")
+    if value[0] == "-" or value[-1] == "-":
+        raise ValueError(f"must start and end with a letter or digit, got {value!r}")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
 
 
 def _as_list(value: object) -> object:
@@ -210,7 +245,7 @@ class DeadLetterConfig(Strict):
 
 
 class Defaults(Strict):
-    timeout: Duration = 30.0
+    timeout: Timeout = 30.0
     retry: RetryConfig = RetryConfig()
     dead_letter: DeadLetterConfig | None = None
     concurrency: int = Field(100, ge=1)
@@ -243,7 +278,7 @@ class FunctionConfig(Strict):
     kubernetes: KubernetesTarget | None = None
     #: In-flight invocations of this function across all triggers (the quota).
     max_concurrency: int | None = Field(None, ge=1)
-    timeout: Duration | None = None
+    timeout: Timeout | None = None
     overflow: OverflowConfig | None = None
     #: Static headers added to every request (e.g. an auth token from ``${ENV}``).
     headers: dict[str, str] = Field(default_factory=dict)
@@ -258,6 +293,13 @@ class FunctionConfig(Strict):
     def _urls_are_http(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else [_http_url(v) for v in value]
 
+    @field_validator("headers")
+    @classmethod
+    def _headers_are_safe(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            _check_static_header(name, text)
+        return value
+
     @model_validator(mode="after")
     def _one_target(self) -> FunctionConfig:
         _require_exactly_one(self, ("url", "urls", "kubernetes"), "target")
@@ -266,6 +308,25 @@ class FunctionConfig(Strict):
     @property
     def static_urls(self) -> list[str]:
         return [self.url] if self.url else list(self.urls or [])
+
+
+_HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: Set by the bridge on every request; a static header may not replace them.
+_BRIDGE_HEADERS = frozenset(
+    {"content-type", "content-length", "host", "transfer-encoding", "connection",
+     "bridge-trigger", "bridge-attempt"}
+)
+
+
+def _check_static_header(name: str, value: str) -> None:
+    """Reject what would break the request or be silently replaced (path: ``headers.NAME``)."""
+    if not _HEADER_TOKEN.match(name):
+        raise _FieldError(name, "not a valid HTTP header name")
+    lower = name.lower()
+    if lower in _BRIDGE_HEADERS or lower.startswith("ce-"):
+        raise _FieldError(name, "set by the bridge on every request; it cannot be configured")
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        raise _FieldError(name, "value contains control characters (CR, LF, ...)")
 
 
 def _http_url(value: str) -> str:
@@ -374,7 +435,7 @@ class TriggerConfig(Strict):
     name: Name
     function: str
     concurrency: int | None = Field(None, ge=1)
-    timeout: Duration | None = None
+    timeout: Timeout | None = None
     retry: RetryConfig | None = None
     dead_letter: DeadLetterConfig | None = None
     kafka: KafkaSource | None = None
@@ -497,17 +558,31 @@ def validate_tree(raw: dict[str, Any]) -> BridgeConfig:
     return config
 
 
-def problems_from(err: ValidationError, prefix: str = "") -> Iterator[ConfigProblem]:
+def problems_from(
+    err: ValidationError, prefix: str = "", root: type[BaseModel] | None = None
+) -> Iterator[ConfigProblem]:
+    """One problem per error, worded for the person who wrote the file.
+
+    ``root`` is the validated model (found from the error's title when omitted): it lets
+    an unknown key suggest the keys allowed there.
+    """
+    root = root or _config_model(err.title)
+    unions: dict[str, list[ErrorDetails]] = {}
     for item in err.errors(include_url=False):
-        loc = list(item["loc"])
-        message = str(item["msg"])
+        loc, types = _real_loc(root, list(item["loc"]))
         ctx_error = (item.get("ctx") or {}).get("error")
         if isinstance(ctx_error, _FieldError):
             field, message = str(ctx_error).split("\x00", 1)
-            loc.append(field)
+            yield ConfigProblem(join_path([*loc, field], prefix), message)
+        elif item["type"] == "invalid_key" or item["loc"][-1] == "[key]":
+            path = join_path([*loc[:-1], str(loc[-1])], prefix)
+            yield ConfigProblem(path, f"keys must be strings, got {_describe(item.get('input'))}")
+        elif len(loc) < len(item["loc"]):
+            unions.setdefault(join_path(loc, prefix), []).append(item)
         else:
-            message = _humanize(item["type"], message)
-        yield ConfigProblem(join_path(loc, prefix), message)
+            yield ConfigProblem(join_path(loc, prefix), _humanize(item, types))
+    for path, items in unions.items():
+        yield ConfigProblem(path, _humanize_union(items))
 
 
 def join_path(loc: list[int | str] | tuple[int | str, ...], prefix: str = "") -> str:
@@ -520,15 +595,138 @@ def join_path(loc: list[int | str] | tuple[int | str, ...], prefix: str = "") ->
     return path
 
 
-def _humanize(kind: str, message: str) -> str:
+def _config_model(title: str) -> type[BaseModel] | None:
+    pending: list[type[BaseModel]] = [Strict]
+    while pending:
+        model = pending.pop()
+        if model.__name__ == title:
+            return model
+        pending.extend(model.__subclasses__())
+    return None
+
+
+def _real_loc(root: type[BaseModel] | None, loc: list[Any]) -> tuple[list[Any], list[Any]]:
+    """``loc`` without pydantic's union tags and ``[key]`` markers, and the type at each step.
+
+    ``types[i]`` is the declared type at ``loc[:i]`` as far as it can be followed.
+    """
+    if loc and loc[-1] == "[key]":  # a mapping key of the wrong type
+        return loc[:-1], []
+    types: list[Any] = [root]
+    for index, part in enumerate(loc):
+        current = _unwrap(types[-1])
+        if current is None:
+            return loc, types
+        if isinstance(current, tuple):  # a union: the next part is a member tag
+            return loc[:index], types
+        following = _step(current, part)
+        if following is None:
+            return loc, types
+        types.append(following)
+    return loc, types
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated and Optional; a real union comes back as a tuple of members."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, UnionType):
+        members = tuple(a for a in get_args(annotation) if a is not type(None))
+        return _unwrap(members[0]) if len(members) == 1 else members
+    return annotation
+
+
+def _step(current: Any, part: Any) -> Any:
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        return None if field is None else field.annotation
+    origin, args = get_origin(current), get_args(current)
+    if origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
+        return args[0]
+    if origin is dict and isinstance(part, str) and len(args) == 2:
+        return args[1]
+    return None
+
+
+_EXPECTED = {
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "list_type": "a list", "frozen_set_type": "a list", "set_type": "a list",
+    "tuple_type": "a list", "string_type": "a string", "int_type": "a whole number",
+    "int_parsing": "a whole number", "int_from_float": "a whole number",
+    "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+}
+
+
+def _humanize(item: ErrorDetails, types: list[Any]) -> str:
+    kind, given, ctx = item["type"], item.get("input"), item.get("ctx") or {}
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_describe(given)}"
     if kind == "extra_forbidden":
-        return "unknown key"
+        return "unknown key" + _suggest(str(item["loc"][-1]), types, len(item["loc"]) - 1)
+    if kind in _LIMITS:
+        return _LIMITS[kind].format(given=_describe(given), **ctx)
+    if kind in ("too_short", "string_too_short"):
+        if ctx.get("min_length") == 1:
+            return "must not be empty"
+        return f"needs at least {ctx.get('min_length')} items"
+    if kind in ("too_long", "string_too_long"):
+        return f"must have at most {ctx.get('max_length')} items"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}; got {_describe(given)}"
     if kind == "missing":
         return "required key is missing"
+    message = str(item["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if message.startswith(prefix):
             return message[len(prefix) :]
     return message
+
+
+_LIMITS = {
+    "greater_than_equal": "must be at least {ge}, got {given}",
+    "greater_than": "must be greater than {gt}, got {given}",
+    "less_than_equal": "must be at most {le}, got {given}",
+    "less_than": "must be less than {lt}, got {given}",
+}
+
+
+def _humanize_union(items: list[ErrorDetails]) -> str:
+    """``port: [1]`` fails as int and as str: one line, not one per member type."""
+    words = [_EXPECTED.get(i["type"]) for i in items]
+    if all(words):
+        expected = " or ".join(dict.fromkeys(w for w in words if w))
+        return f"expected {expected}, got {_describe(items[0].get('input'))}"
+    return next(_humanize(i, []) for i in items if i["type"] not in _EXPECTED)
+
+
+def _suggest(key: str, types: list[Any], parent: int) -> str:
+    model = _unwrap(types[parent]) if parent < len(types) else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ""
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (allowed here: {', '.join(allowed)})"
+
+
+def _describe(value: Any) -> str:
+    """A short, YAML-flavoured description of a value the user wrote."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "...'"
+    if isinstance(value, list | tuple | set | frozenset):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
 
 
 def _cross_references(config: BridgeConfig) -> Iterator[ConfigProblem]:

@@ -31,6 +31,8 @@ def _parse_text(text: str) -> float:
         return float(text)
     except ValueError:
         pass
+    if text.startswith("-") and len(text) > 1:  # "-5s": say "negative", not "invalid"
+        return -_parse_text(text[1:])
     pos, total = 0, 0.0
     while pos < len(text):
         match = _PART.match(text, pos)
