@@ -25,3 +25,20 @@ class Settings(BaseSettings):
     drain_timeout: Annotated[float, BeforeValidator(parse_duration)] = 25.0
     #: Identity used in leases and logs (the pod name in Kubernetes).
     instance: str | None = None
+
+    # --- Kubernetes (bridge.kube; imported only when one of these features is used) ---
+    #: Namespace for Lease, Trigger resources and functions without one (default: the
+    #: pod's own namespace, else the kubeconfig context's).
+    namespace: str | None = None
+    #: A kubeconfig file; default: in-cluster service account, else ~/.kube/config.
+    kubeconfig: str | None = None
+    #: Elect one cron leader among replicas through a coordination.k8s.io/v1 Lease.
+    leader_election: bool = False
+    lease_name: str = "trigger-bridge"
+    lease_duration: Annotated[float, BeforeValidator(parse_duration)] = 15.0
+    lease_renew_deadline: Annotated[float, BeforeValidator(parse_duration)] = 10.0
+    lease_retry_period: Annotated[float, BeforeValidator(parse_duration)] = 2.0
+    #: Watch Trigger custom resources (triggerbridge.dev/v1alpha1) in the namespace.
+    watch_triggers: bool = False
+    #: How often the config file is checked for changes (0: only on SIGHUP).
+    reload_interval: Annotated[float, BeforeValidator(parse_duration)] = 2.0
