@@ -416,7 +416,10 @@ class CronSource(Strict):
         try:
             parse_schedule(self.schedule, self.time_zone)
         except ScheduleError as err:
-            field = "time_zone" if "time zone" in str(err) else "schedule"
+            # only the zone's own errors belong to time_zone ("time zone prefixes ..." is
+            # about the schedule text)
+            zone_error = str(err).startswith(("unknown time zone", "time zone must"))
+            field = "time_zone" if zone_error else "schedule"
             raise _FieldError(field, str(err)) from None
         return self
 
