@@ -789,17 +789,26 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
+    """Keys written twice are an error; a key from a ``<<: *anchor`` merge may be overridden."""
+    written = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
+    loader.flatten_mapping(node)  # puts the merged pairs first, in YAML precedence order
+    merged = len(node.value) - written
     result: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
+    seen: set[Any] = set()
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
-        if key in result:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", mark
-            )
+        if index >= merged:
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", mark
+                )
+            seen.add(key)
         result[key] = loader.construct_object(value_node, deep=True)
     return result
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 _UniqueKeyLoader.add_constructor(
