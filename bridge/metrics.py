@@ -93,8 +93,42 @@ class Metrics:
             "bridge_source_paused", "1 while the source is paused by backpressure.",
             ["trigger"], registry=r,
         )
+        self.rabbitmq_connection_losses = Counter(
+            "bridge_rabbitmq_connection_losses",
+            "RabbitMQ connections lost (the connector reconnects by itself).",
+            ["trigger"], registry=r,
+        )
+        self.rabbitmq_reconnects = Counter(
+            "bridge_rabbitmq_reconnects",
+            "RabbitMQ connections re-established with consuming resumed.",
+            ["trigger"], registry=r,
+        )
+        self.rabbitmq_settle_failures = Counter(
+            "bridge_rabbitmq_settle_failures",
+            "Acks/rejects not sent because the delivery's channel was gone "
+            "(the broker redelivers the message).",
+            ["trigger"], registry=r,
+        )
+        self.rabbitmq_stale_deliveries = Counter(
+            "bridge_rabbitmq_stale_deliveries",
+            "Deliveries dropped before dispatch because their channel had closed "
+            "(the broker requeued them).",
+            ["trigger"], registry=r,
+        )
         self.connector_ready = Gauge(
             "bridge_connector_ready", "1 when the trigger's connector is connected.",
+            ["trigger"], registry=r,
+        )
+        self.kafka_commit_failures = Counter(
+            "bridge_kafka_commit_failures", "Offset commits that failed (retried later).",
+            ["trigger"], registry=r,
+        )
+        self.kafka_rebalances = Counter(
+            "bridge_kafka_rebalances", "Consumer group assignments received.", ["trigger"],
+            registry=r,
+        )
+        self.kafka_assigned_partitions = Gauge(
+            "bridge_kafka_assigned_partitions", "Partitions assigned to this consumer.",
             ["trigger"], registry=r,
         )
 
