@@ -11,3 +11,45 @@ keeps its idle memory small.
 - :mod:`bridge.kube.lease`: leadership for cron over a ``coordination.k8s.io/v1`` Lease;
 - :mod:`bridge.kube.triggers`: Trigger custom resources applied live to the runtime.
 """
+
+from __future__ import annotations
+
+import socket
+import uuid
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.reload import Composer
+    from bridge.runtime import Runtime
+
+
+def attach(runtime: Runtime, composer: Composer) -> None:
+    """Add the enabled Kubernetes features to ``runtime`` (before ``runtime.start()``).
+
+    ``BRIDGE_LEADER_ELECTION``: a Lease decides which replica fires cron ticks.
+    ``BRIDGE_WATCH_TRIGGERS``: Trigger resources join the composed config.
+    Both are runtime services (started after the triggers, stopped first) and add a
+    readiness probe (false while the API refuses the service account).
+    """
+    from bridge.kube.client import KubeClient
+    from bridge.kube.lease import LeaseLeadership
+    from bridge.kube.triggers import TriggerWatcher
+
+    settings = runtime.settings
+    client = runtime.context.shared(KubeClient, lambda: KubeClient(settings, runtime.log))
+    identity = settings.instance or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    if settings.leader_election:
+        lease = LeaseLeadership(
+            client, settings.lease_name, identity, runtime.log,
+            lease_duration=settings.lease_duration,
+            renew_deadline=settings.lease_renew_deadline,
+            retry_period=settings.lease_retry_period,
+        )
+        runtime.context.leadership = lease
+        runtime.services.append(lease)
+        runtime.probes["lease"] = lambda: lease.ready
+    if settings.watch_triggers:
+        watcher = TriggerWatcher(client, composer, runtime, runtime.log, identity=identity)
+        composer.add_source(watcher)
+        runtime.services.append(watcher)
+        runtime.probes["trigger-resources"] = lambda: watcher.ready

@@ -210,7 +210,9 @@ class KubeClient:
         """Fill ``configuration``; return the namespace the environment implies."""
         path = self._settings.kubeconfig
         if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
             ns_file = SERVICE_ACCOUNT_DIR / "namespace"
             return ns_file.read_text().strip() if ns_file.exists() else None
         loader = await k8s_config.load_kube_config(
@@ -247,7 +249,8 @@ class KubeClient:
             attempt += 1
             try:
                 return await self._once(
-                    method, verb, resource, namespace, name, sub, body, query, content_type
+                    method, verb, resource, namespace, name=name, sub=sub, body=body,
+                    query=query, content_type=content_type,
                 )
             except KubeError as err:
                 if not err.retryable or attempt >= _REQUEST_RETRY.max_attempts:
@@ -255,7 +258,7 @@ class KubeClient:
                 await asyncio.sleep(backoff(_REQUEST_RETRY, attempt, err.retry_after))
 
     async def _once(
-        self, method: str, verb: str, resource: Resource, namespace: str, name: str | None,
+        self, method: str, verb: str, resource: Resource, namespace: str, *, name: str | None,
         sub: str | None, body: dict[str, Any] | None, query: dict[str, str] | None,
         content_type: str,
     ) -> dict[str, Any]:
@@ -388,6 +391,7 @@ class Reflector:
         client: KubeClient,
         resource: Resource,
         namespace: str | None,
+        *,
         on_sync: Sync,
         on_change: Change,
         log: Logger,
@@ -441,7 +445,7 @@ class Reflector:
                 self.failures += 1
                 delay = backoff(_WATCH_RETRY, self.failures, err.retry_after)
                 log_api_error(self._log, err, f"watch {self._resource.name}", delay)
-            except Exception as err:  # noqa: BLE001 - config or handler failure: back off
+            except Exception as err:
                 version = None
                 self.failures += 1
                 delay = backoff(_WATCH_RETRY, self.failures)

@@ -56,8 +56,9 @@ class KubernetesPool(BalancedPool):
         self._slices: dict[str, dict[str, Any]] = {}
         self._log = context.log.bind(function=function_name, service=target.service)
         self._reflector = Reflector(
-            client, ENDPOINT_SLICES, target.namespace, self._on_sync, self._on_change,
-            self._log, label_selector=f"{SERVICE_LABEL}={target.service}",
+            client, ENDPOINT_SLICES, target.namespace, on_sync=self._on_sync,
+            on_change=self._on_change, log=self._log,
+            label_selector=f"{SERVICE_LABEL}={target.service}",
         )
 
     @property

@@ -1,0 +1,383 @@
+"""Trigger custom resources (``triggerbridge.dev/v1alpha1``, kind ``Trigger``), live.
+
+A Trigger's ``spec`` is one entry of the config file's ``triggers`` list without
+``name`` (the object's ``metadata.name`` is the trigger name), where ``function`` is
+either the name of a function in the config file or an inline function (the config
+file's function schema: ``url`` | ``urls`` | ``kubernetes``, ``max_concurrency``,
+``timeout``, ``overflow``, ``headers``). An inline function is named
+``<namespace>/<name>`` (metrics, dead letters) and its ``kubernetes.namespace``
+defaults to the Trigger's namespace. Triggers inherit the config file's ``defaults``.
+
+The watcher (a :class:`~bridge.reload.TriggerSource`) validates every object with the
+config file's own models; the valid ones join the running config next to the file's
+triggers (a name the file already uses is refused), and each add, change (new
+``metadata.generation``) and delete is applied at once. Each object gets a status:
+
+- ``conditions[type=Ready]``: ``True`` (reason ``Applied``) or ``False`` (reason
+  ``InvalidSpec``, message = the validation problems, one per line, with their paths
+  such as ``spec.cron.schedule``); ``observedGeneration``;
+- ``lastScheduleTime`` for cron triggers (like a CronJob's), from the replica firing;
+
+and a Kubernetes Event (``Warning InvalidSpec`` or ``Normal Applied``) per generation.
+With leader election on, only the leader writes statuses and Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from bridge.config import (
+    BridgeConfig,
+    ConfigError,
+    ConfigProblem,
+    FunctionConfig,
+    TriggerConfig,
+    problems_from,
+)
+from bridge.kube.client import (
+    EVENTS,
+    TRIGGER_GROUP,
+    TRIGGER_VERSION,
+    TRIGGERS,
+    KubeClient,
+    KubeError,
+    Reflector,
+    log_api_error,
+    object_name,
+)
+from bridge.kube.lease import micro_time
+from bridge.logs import Logger
+
+if TYPE_CHECKING:
+    from bridge.leadership import Leadership
+    from bridge.reload import Composer
+    from bridge.runtime import Runtime
+
+API_VERSION = f"{TRIGGER_GROUP}/{TRIGGER_VERSION}"
+_MESSAGE_MAX = 1024
+
+
+@dataclass(slots=True)
+class Verdict:
+    """One Trigger object's validation result at one generation."""
+
+    generation: int
+    trigger: TriggerConfig | None = None
+    functions: dict[str, FunctionConfig] | None = None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.trigger is not None
+
+    @property
+    def message(self) -> str:
+        if self.ok:
+            return "trigger applied"
+        return "\n".join(self.problems)[:_MESSAGE_MAX]
+
+
+def validate_trigger(
+    obj: dict[str, Any], base: BridgeConfig
+) -> tuple[TriggerConfig, dict[str, FunctionConfig]]:
+    """The trigger (and inline function) a Trigger object declares; ConfigError if invalid."""
+    meta = obj.get("metadata") or {}
+    name, namespace = str(meta.get("name") or ""), str(meta.get("namespace") or "")
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        raise ConfigError([ConfigProblem("spec", "must be a mapping (the trigger's settings)")])
+    fields = {k: v for k, v in spec.items() if k not in ("function", "name")}
+    problems: list[ConfigProblem] = []
+    if "name" in spec:
+        problems.append(ConfigProblem("spec.name", "not allowed: the name is metadata.name"))
+    function_name, functions = _function(spec.get("function"), name, namespace, base, problems)
+    trigger = None
+    try:
+        trigger = TriggerConfig.model_validate({**fields, "name": name, "function": function_name})
+    except ValidationError as err:
+        problems.extend(_respell(p) for p in problems_from(err, prefix="spec"))
+    if any(t.name == name for t in base.triggers):
+        problems.append(ConfigProblem(
+            "metadata.name", f"a trigger named {name!r} is already defined in the config file"
+        ))
+    if trigger is not None and trigger.dead_letter is None and base.defaults.dead_letter is None:
+        problems.append(ConfigProblem(
+            "spec.dead_letter", "no dead-letter sink: set one here or in the config file's "
+            "defaults.dead_letter",
+        ))
+    if problems or trigger is None:
+        raise ConfigError(problems)
+    return trigger, functions
+
+
+def _respell(problem: ConfigProblem) -> ConfigProblem:
+    if problem.path == "spec.name":
+        return ConfigProblem("metadata.name", problem.message)
+    return problem
+
+
+def _function(
+    spec: object, name: str, namespace: str, base: BridgeConfig, problems: list[ConfigProblem]
+) -> tuple[str, dict[str, FunctionConfig]]:
+    if isinstance(spec, str):
+        if spec not in base.functions:
+            known = ", ".join(sorted(base.functions)) or "none defined"
+            problems.append(ConfigProblem(
+                "spec.function", f"unknown function {spec!r} in the config file (known: {known})"
+            ))
+        return spec, {}
+    if not isinstance(spec, dict):
+        problems.append(ConfigProblem(
+            "spec.function",
+            "required: the name of a function in the config file, or an inline function "
+            "(url, urls or kubernetes, with max_concurrency, timeout, overflow)",
+        ))
+        return "", {}
+    inline = f"{namespace}/{name}"
+    try:
+        function = FunctionConfig.model_validate(spec)
+    except ValidationError as err:
+        problems.extend(problems_from(err, prefix="spec.function"))
+        return inline, {}
+    if function.kubernetes is not None and function.kubernetes.namespace is None:
+        target = function.kubernetes.model_copy(update={"namespace": namespace})
+        function = function.model_copy(update={"kubernetes": target})
+    return inline, {inline: function}
+
+
+class TriggerWatcher:
+    """Watches Trigger objects in one namespace and feeds them to the composer."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        composer: Composer,
+        runtime: Runtime,
+        log: Logger,
+        *,
+        namespace: str | None = None,
+        identity: str = "trigger-bridge",
+        status_interval: float = 2.0,
+    ) -> None:
+        self._client = client
+        self._composer = composer
+        self._runtime = runtime
+        self._leadership: Leadership = runtime.context.leadership
+        self._log = log.bind(component="triggers")
+        self._identity = identity
+        self._interval = status_interval
+        self._objects: dict[str, dict[str, Any]] = {}
+        self._verdicts: dict[str, Verdict] = {}
+        self._reported: dict[str, tuple[int, bool, str]] = {}
+        self._schedules: dict[str, str] = {}
+        self._pending: asyncio.Queue[str] = asyncio.Queue()
+        self._failed: set[str] = set()
+        self._reflector = Reflector(client, TRIGGERS, namespace, on_sync=self._on_sync,
+                                    on_change=self._on_change, log=self._log)
+        self._status_task: asyncio.Task[None] | None = None
+        self._leadership.on_change(self._on_leadership)
+
+    @property
+    def ready(self) -> bool:
+        return self._reflector.synced
+
+    async def start(self) -> None:
+        self._reflector.start()
+        if self._status_task is None or self._status_task.done():
+            self._status_task = asyncio.create_task(self._write_statuses(), name="trigger-status")
+
+    async def stop(self) -> None:
+        await self._reflector.stop()
+        task, self._status_task = self._status_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- TriggerSource ----------------------------------------------------------------
+
+    def contribute(
+        self, base: BridgeConfig
+    ) -> tuple[dict[str, FunctionConfig], list[TriggerConfig]]:
+        functions: dict[str, FunctionConfig] = {}
+        triggers: list[TriggerConfig] = []
+        for name, obj in sorted(self._objects.items()):
+            verdict = self._judge(obj, base)
+            previous = self._verdicts.get(name)
+            if previous is None or (previous.generation, previous.message) != (
+                verdict.generation, verdict.message
+            ):
+                self._pending.put_nowait(name)
+            self._verdicts[name] = verdict
+            if verdict.trigger is not None and verdict.functions is not None:
+                functions.update(verdict.functions)
+                triggers.append(verdict.trigger)
+        return functions, triggers
+
+    def _judge(self, obj: dict[str, Any], base: BridgeConfig) -> Verdict:
+        generation = int((obj.get("metadata") or {}).get("generation") or 0)
+        try:
+            trigger, functions = validate_trigger(obj, base)
+        except ConfigError as err:
+            problems = tuple(str(p) for p in err.problems)
+            self._log.warning("invalid Trigger resource", trigger=object_name(obj),
+                              problems=list(problems))
+            return Verdict(generation, problems=problems)
+        return Verdict(generation, trigger, functions)
+
+    # --- watch ------------------------------------------------------------------------
+
+    async def _on_sync(self, items: list[dict[str, Any]]) -> None:
+        objects = {object_name(o): o for o in items}
+        changed = _generations(objects) != _generations(self._objects)
+        self._objects = objects
+        for name in list(self._verdicts):
+            if name not in objects:
+                self._forget(name)
+        if changed:
+            await self._refresh()
+
+    async def _on_change(self, kind: str, obj: dict[str, Any]) -> None:
+        name = object_name(obj)
+        if kind == "DELETED":
+            self._objects.pop(name, None)
+            self._forget(name)
+            self._log.info("Trigger deleted", trigger=name)
+            await self._refresh()
+            return
+        old = self._objects.get(name)
+        self._objects[name] = obj
+        if old is None or _generation(old) != _generation(obj):
+            self._log.info("Trigger " + ("added" if old is None else "changed"), trigger=name,
+                           generation=_generation(obj))
+            await self._refresh()
+
+    def _forget(self, name: str) -> None:
+        self._failed.discard(name)
+        self._verdicts.pop(name, None)
+        self._reported.pop(name, None)
+        self._schedules.pop(name, None)
+
+    async def _refresh(self) -> None:
+        try:
+            await self._composer.refresh()
+        except Exception as err:
+            self._log.error("applying Trigger resources failed",
+                            error=f"{type(err).__name__}: {err}"[:400])
+
+    def _on_leadership(self, leader: bool) -> None:
+        if leader:
+            self._reported.clear()
+            self._schedules.clear()
+            for name in self._verdicts:
+                self._pending.put_nowait(name)
+
+    # --- status and events ------------------------------------------------------------
+
+    async def _write_statuses(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    name = await self._pending.get()
+                    await self._report(name)
+                    continue
+            for name in self._failed:
+                self._pending.put_nowait(name)
+            self._failed.clear()
+            await self._report_schedules()
+
+    async def _report(self, name: str) -> None:
+        verdict, obj = self._verdicts.get(name), self._objects.get(name)
+        if verdict is None or obj is None or not self._leadership.is_leader:
+            return
+        key = (verdict.generation, verdict.ok, verdict.message)
+        if self._reported.get(name) == key:
+            return
+        try:
+            await self._patch_status(obj, verdict)
+            await self._event(obj, verdict)
+        except KubeError as err:
+            log_api_error(self._log, err, f"status of Trigger {name}", self._interval)
+            self._failed.add(name)
+            return
+        self._reported[name] = key
+
+    async def _patch_status(self, obj: dict[str, Any], verdict: Verdict) -> None:
+        now = micro_time(datetime.now(UTC)).split(".")[0] + "Z"
+        status = "True" if verdict.ok else "False"
+        old: dict[str, Any] = next((c for c in (obj.get("status") or {}).get("conditions") or []
+                    if c.get("type") == "Ready"), {})
+        condition = {
+            "type": "Ready", "status": status,
+            "reason": "Applied" if verdict.ok else "InvalidSpec",
+            "message": verdict.message, "observedGeneration": verdict.generation,
+            "lastTransitionTime": old.get("lastTransitionTime", now)
+            if old.get("status") == status else now,
+        }
+        body = {"status": {"observedGeneration": verdict.generation, "conditions": [condition]}}
+        await self._client.request(
+            "patch", TRIGGERS, self._reflector.namespace, name=object_name(obj), sub="status",
+            body=body, content_type="application/merge-patch+json",
+        )
+
+    async def _event(self, obj: dict[str, Any], verdict: Verdict) -> None:
+        meta = obj.get("metadata") or {}
+        now = micro_time(datetime.now(UTC)).split(".")[0] + "Z"
+        name = object_name(obj)
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{name}.{uuid.uuid4().hex[:12]}",
+                         "namespace": self._reflector.namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION, "kind": "Trigger", "name": name,
+                "namespace": self._reflector.namespace, "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": "Applied" if verdict.ok else "InvalidSpec",
+            "message": verdict.message,
+            "type": "Normal" if verdict.ok else "Warning",
+            "source": {"component": "trigger-bridge"},
+            "reportingComponent": "trigger-bridge", "reportingInstance": self._identity,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        await self._client.request("create", EVENTS, self._reflector.namespace, body=body)
+
+    async def _report_schedules(self) -> None:
+        """Write ``lastScheduleTime`` of cron Triggers whose last fired tick changed."""
+        if not self._leadership.is_leader:
+            return
+        for name, verdict in list(self._verdicts.items()):
+            unit = self._runtime.units.get(name)
+            if not verdict.ok or unit is None:
+                continue
+            last = getattr(unit.connector, "last_schedule_time", None)
+            if not isinstance(last, datetime):
+                continue
+            stamp = last.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if self._schedules.get(name) == stamp:
+                continue
+            try:
+                await self._client.request(
+                    "patch", TRIGGERS, self._reflector.namespace, name=name, sub="status",
+                    body={"status": {"lastScheduleTime": stamp}},
+                    content_type="application/merge-patch+json",
+                )
+            except KubeError as err:
+                log_api_error(self._log, err, f"status of Trigger {name}", None)
+                continue
+            self._schedules[name] = stamp
+
+
+def _generation(obj: dict[str, Any]) -> int:
+    return int((obj.get("metadata") or {}).get("generation") or 0)
+
+
+def _generations(objects: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {name: _generation(obj) for name, obj in objects.items()}
