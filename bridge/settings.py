@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.durations import parse_duration
@@ -42,3 +42,15 @@ class Settings(BaseSettings):
     watch_triggers: bool = False
     #: How often the config file is checked for changes (0: only on SIGHUP).
     reload_interval: Annotated[float, BeforeValidator(parse_duration)] = 2.0
+
+    @field_validator("lease_retry_period")
+    @classmethod
+    def _lease_timings(cls, value: float, info: ValidationInfo) -> float:
+        duration = info.data.get("lease_duration")
+        renew = info.data.get("lease_renew_deadline")
+        if duration is not None and renew is not None and not 0 < value < renew < duration:
+            raise ValueError(
+                "needs 0 < BRIDGE_LEASE_RETRY_PERIOD < BRIDGE_LEASE_RENEW_DEADLINE < "
+                "BRIDGE_LEASE_DURATION"
+            )
+        return value
