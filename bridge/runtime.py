@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,12 @@ class Runtime:
         self._invoker: Invoker | None = None
         self._targets: dict[str, Target] = {}
         self._sinks: dict[str, Sink] = {}
+        self._functions: dict[str, FunctionConfig] = {}
+        #: Started after the triggers, stopped before them: config reload, Lease, Trigger
+        #: resources (see bridge.reload.wire). Each has start() and stop().
+        self.services: list[Any] = []
+        #: Extra readiness checks by name (e.g. a Kubernetes watch refused by RBAC).
+        self.probes: dict[str, Callable[[], bool]] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -95,6 +101,8 @@ class Runtime:
         await self.admin.start()
         for trigger in self.config.triggers:
             await self._start_unit(self.config.resolve(trigger))
+        for service in self.services:
+            await service.start()
         self.log.info(
             "trigger-bridge started", triggers=len(self.units), admin_port=self.admin.port
         )
@@ -103,6 +111,8 @@ class Runtime:
         started = time.monotonic()
         units = list(self.units.values())
         self.log.info("draining", triggers=len(units), timeout=self.settings.drain_timeout)
+        for service in reversed(self.services):
+            await _close_quietly(service, self.log, method="stop")
         await self._stop_intake(units)
         drained = await asyncio.gather(
             *(u.dispatcher.drain(self.settings.drain_timeout) for u in units)
@@ -125,6 +135,11 @@ class Runtime:
         ready = {name: unit.connector.ready for name, unit in self.units.items()}
         for name, value in ready.items():
             self.metrics.connector_ready.labels(name).set(1 if value else 0)
+        ready.update({name: probe() for name, probe in self.probes.items()})
+        for name, target in self._targets.items():
+            pool_ready = getattr(target.pool, "ready", None)
+            if pool_ready is not None:
+                ready[f"function:{name}"] = bool(pool_ready)
         return ready
 
     # --- units ----------------------------------------------------------------------
@@ -135,6 +150,10 @@ class Runtime:
         self.config = config
         for name in [n for n in self.units if n not in wanted or wanted[n] != self.units[n].trigger]:
             await self.stop_unit(name)
+        for name in [f for f, fn in self._functions.items() if config.functions.get(f) != fn]:
+            # Changed or removed function: its triggers were stopped above; rebuild it.
+            self._functions.pop(name)
+            await _close_quietly(self._targets.pop(name, None), self.log)
         for name, resolved in wanted.items():
             if name not in self.units:
                 await self._start_unit(resolved)
@@ -206,6 +225,7 @@ class Runtime:
     def _target(self, name: str, function: FunctionConfig) -> Target:
         """One target per function: its quota is shared by every trigger that calls it."""
         if name not in self._targets:
+            self._functions[name] = function
             self._targets[name] = Target(
                 name=name,
                 pool=self._pool(name, function),
