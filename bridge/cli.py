@@ -100,16 +100,19 @@ def _run(args: argparse.Namespace) -> int:
     from bridge.logs import configure
 
     settings = _settings()
-    _, config = _config(args.config, settings)
+    path, config = _config(args.config, settings)
     configure(settings.log_format, settings.log_level)
-    return asyncio.run(_serve(config, settings))
+    return asyncio.run(_serve(config, settings, path))
 
 
-async def _serve(config: BridgeConfig, settings: Settings) -> int:
+async def _serve(config: BridgeConfig, settings: Settings, path: str | None = None) -> int:
+    from bridge.reload import wire
     from bridge.runtime import Runtime
 
     stop = stop_on_signals()
-    await Runtime(config, settings).serve(stop)
+    runtime = Runtime(config, settings)
+    wire(runtime, path)  # config reload (file, SIGHUP); Lease and Trigger resources if enabled
+    await runtime.serve(stop)
     return EXIT_OK
 
 
