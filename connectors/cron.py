@@ -20,13 +20,16 @@ CronJob semantics implemented by the connector:
   starts only the latest missed schedule). Without a deadline, missed ticks are not
   caught up (there is no record of what already ran).
 - ``suspend``: no ticks run.
-- ticks run only on the leader (see :mod:`bridge.leadership`).
+- ticks run only on the leader (see :mod:`bridge.leadership`); a new leader fires the
+  ticks after the previous leader's last Lease renewal that are still within the
+  starting deadline, so a handover loses none (ids are stable for de-duplication).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +47,8 @@ from connectors.base import ConnectorContext
 EVENT_TYPE = "dev.triggerbridge.cron.tick"
 #: Bound on the catch-up search for the latest tick inside the starting deadline.
 _CATCH_UP_STEPS = 100_000
+#: Bound on the ticks a new leader fires for the time before it took over.
+_HANDOVER_TICKS = 1000
 
 TickHandler = Callable[[list[datetime]], None]
 
@@ -194,11 +199,38 @@ class CronConnector:
             return None
         return latest
 
+    @property
+    def last_schedule_time(self) -> datetime | None:
+        """The scheduled time of the last tick this replica fired (a CronJob's status)."""
+        return self._last_fired
+
     def _on_leadership(self, leader: bool) -> None:
         if leader and self._started and not self._source.suspend:
-            tick = self._catch_up(datetime.now(UTC))
-            if tick is not None:
-                self._on_ticks([tick])
+            self._on_ticks(self._handover_ticks(datetime.now(UTC)))
+
+    def _handover_ticks(self, now: datetime) -> list[datetime]:
+        """Ticks to fire on gaining leadership.
+
+        When the leadership says from when the previous leader may have stopped firing
+        (``handover_since``: its last Lease renewal), every tick after it (and after our
+        own last fired one) that is still within the starting deadline fires, so a
+        handover loses no tick; without a deadline, those since the handover. Without
+        that information (a new Lease), the CronJob rule as at start: the latest tick
+        inside the deadline.
+        """
+        since = getattr(self._context.leadership, "handover_since", None)
+        if not isinstance(since, datetime):
+            tick = self._catch_up(now)
+            return [] if tick is None else [tick]
+        floors = [since] + [t for t in (self._last_fired,) if t is not None]
+        if self._deadline is not None:
+            floors.append(now - self._deadline)
+        ticks: deque[datetime] = deque(maxlen=_HANDOVER_TICKS)
+        tick = self._schedule.next_after(max(floors))
+        while tick <= now:
+            ticks.append(tick)
+            tick = self._schedule.next_after(tick)
+        return list(ticks)
 
     def _on_ticks(self, run_times: list[datetime]) -> None:
         for scheduled in run_times:
@@ -209,6 +241,8 @@ class CronConnector:
         if not self._context.leadership.is_leader:
             self._m_skipped["not_leader"].inc()
             return
+        if self._last_fired is not None and scheduled <= self._last_fired:
+            return  # already fired (a catch-up ran it before the clock's own tick)
         if self._deadline is not None and now - scheduled > self._deadline:
             self._skip("missed_deadline", scheduled)
             return
