@@ -220,7 +220,7 @@ class LeaseLeadership:
         for callback in list(self._callbacks):
             try:
                 callback(leader)
-            except Exception as err:  # noqa: BLE001 - one bad listener must not stop the loop
+            except Exception as err:
                 self._log.error("leadership callback failed", error=str(err)[:300])
 
     async def _release(self) -> None:
