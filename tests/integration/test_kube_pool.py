@@ -151,12 +151,14 @@ async def test_endpoints_added_and_removed_during_a_stream_lose_no_delivery(
     assert len(kube.settled) == 240
     assert set(kube.settled.values()) == {Disposition.DELIVERED}
     assert kube.dead_letters() == []
-    assert max(a.attempts.values()) == 1 and max(b.attempts.values()) == 1
+    assert max(a.attempts.values()) == 1
+    assert max(b.attempts.values()) == 1
     assert len(a.calls) + len(b.calls) == 240
     assert all(c.path == "/invoke" for c in a.calls + b.calls)
     grace = 0.05  # requests already sent when the change landed
     b_times = [c.received for c in b.calls]
-    assert b_times and min(b_times) >= marks["b_added"]
+    assert b_times
+    assert min(b_times) >= marks["b_added"]
     assert not [c for c in a.calls if marks["a_unready"] + grace < c.received < marks["a_back"]]
     assert any(c.received > marks["a_back"] for c in a.calls)
     assert not [t for t in b_times if t > marks["b_gone"] + grace]
@@ -181,7 +183,8 @@ async def test_overflow_takes_peaks_and_stops_when_capacity_returns(kube: Harnes
         for n in range(6, 8):  # capacity is back: no overflow
             await dispatcher.submit(kube.event(n))
             await wait_until(lambda n=n: f"e{n}" in kube.settled, timeout=5)
-        assert len(pod.calls) == 4 and len(spill.calls) == 4
+        assert len(pod.calls) == 4
+        assert len(spill.calls) == 4
 
         kube.api.put(SLICES, pod_slice("fn-a", pod, ready=False))  # empty pool: overflow
         await wait_until(lambda: not ready_urls(target))
@@ -231,7 +234,8 @@ async def test_forbidden_watch_is_logged_with_the_verb_not_ready_and_retried(
         )
         denied = next(e for e in logs if e.get("verb") == "watch")
         assert denied["log_level"] == "error"
-        assert "'watch'" in denied["event"] and "endpointslices.discovery.k8s.io" in denied["event"]
+        assert "'watch'" in denied["event"]
+        assert "endpointslices.discovery.k8s.io" in denied["event"]
         assert "verbs: [watch]" in denied["rbac_rule"]
         kube.api.allow("watch", SLICES)
         async with RecordingFunction() as fn:

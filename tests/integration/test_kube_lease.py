@@ -1,0 +1,139 @@
+"""Lease leadership against the API emulator over real HTTP (in-process replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bridge.kube.client import KubeClient
+from bridge.kube.lease import LeaseLeadership, parse_time
+from bridge.logs import get_logger
+from bridge.settings import Settings
+from tests.support.kube_api import KubeApi
+
+LEASES = "leases.coordination.k8s.io"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[KubeApi]:
+    async with KubeApi() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def clients(api: KubeApi, tmp_path: Path) -> AsyncIterator[list[KubeClient]]:
+    settings = Settings(kubeconfig=str(api.kubeconfig(tmp_path)))
+    made = [KubeClient(settings, get_logger()) for _ in range(2)]
+    yield made
+    for client in made:
+        await client.close()
+
+
+def replica(client: KubeClient, identity: str) -> LeaseLeadership:
+    return LeaseLeadership(client, "bridge", identity, get_logger(), lease_duration=2.0,
+                           renew_deadline=1.2, retry_period=0.2)
+
+
+async def test_one_leader_then_takeover_within_the_lease_duration(
+    api: KubeApi, clients: list[KubeClient]
+) -> None:
+    a, b = replica(clients[0], "a"), replica(clients[1], "b")
+    changes: list[tuple[str, bool]] = []
+    a.on_change(lambda leader: changes.append(("a", leader)))
+    b.on_change(lambda leader: changes.append(("b", leader)))
+    await a.start()
+    await asyncio.wait_for(a.wait_leader(), 3)
+    await b.start()
+    await asyncio.sleep(1.0)
+    assert a.is_leader and not b.is_leader
+    lease = api.get(LEASES, "bridge")
+    assert lease is not None
+    spec = lease["spec"]
+    assert spec["holderIdentity"] == "a" and spec["leaseDurationSeconds"] == 2
+    assert spec["leaseTransitions"] == 0 and parse_time(spec["acquireTime"]) is not None
+
+    # a dies without releasing (its task is cancelled, the Lease left as it is).
+    assert a._task is not None
+    a._task.cancel()
+    last_renew = parse_time(api.get(LEASES, "bridge")["spec"]["renewTime"])  # type: ignore[index]
+    died = time.monotonic()
+    await asyncio.wait_for(b.wait_leader(), 4)
+    assert time.monotonic() - died <= 2.0 + 0.2 + 0.5
+    spec = api.get(LEASES, "bridge")["spec"]  # type: ignore[index]
+    assert spec["holderIdentity"] == "b" and spec["leaseTransitions"] == 1
+    assert b.handover_since == last_renew
+    assert changes == [("a", True), ("b", True)]
+    await b.stop()
+    assert api.get(LEASES, "bridge")["spec"]["holderIdentity"] is None  # type: ignore[index]
+    a._leader = False
+    await a.stop()
+
+
+async def test_release_on_stop_hands_over_at_once(
+    api: KubeApi, clients: list[KubeClient]
+) -> None:
+    a, b = replica(clients[0], "a"), replica(clients[1], "b")
+    await a.start()
+    await asyncio.wait_for(a.wait_leader(), 3)
+    await b.start()
+    await asyncio.sleep(0.3)
+    stopped = time.monotonic()
+    await a.stop()
+    assert not a.is_leader
+    await asyncio.wait_for(b.wait_leader(), 2)
+    assert time.monotonic() - stopped < 1.0  # not the 2 s lease duration
+    await b.stop()
+
+
+async def test_conflicting_update_means_someone_else_won(
+    api: KubeApi, clients: list[KubeClient]
+) -> None:
+    a = replica(clients[0], "a")
+    api.put(LEASES, {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "bridge"},
+        "spec": {"holderIdentity": "old", "leaseDurationSeconds": 1,
+                 "renewTime": "2020-01-01T00:00:00.000000Z"},
+    })
+    # Between a's read and its write, another replica takes the lease: a's update carries
+    # a stale resourceVersion and gets 409.
+    original = clients[0].request
+
+    async def racing(verb: str, *args: object, **kwargs: object) -> dict[str, object]:
+        if verb == "update":
+            current = api.get(LEASES, "bridge")
+            assert current is not None
+            current["spec"]["holderIdentity"] = "winner"
+            api.put(LEASES, current)
+        return await original(verb, *args, **kwargs)  # type: ignore[arg-type]
+
+    clients[0].request = racing  # type: ignore[method-assign]
+    assert await a._try_acquire_or_renew() is False  # first sight of "old": not expired yet
+    assert not any(r.verb == "update" for r in api.requests)
+    await asyncio.sleep(1.1)  # now expired on a's clock: a writes, and loses the race
+    assert await a._try_acquire_or_renew() is False
+    assert await a._try_acquire_or_renew() is False  # winner's record is fresh
+    assert api.get(LEASES, "bridge")["spec"]["holderIdentity"] == "winner"  # type: ignore[index]
+    assert any(r.verb == "update" for r in api.requests)
+
+
+async def test_forbidden_lease_update_is_logged_and_not_ready(
+    api: KubeApi, clients: list[KubeClient]
+) -> None:
+    api.forbid("create", LEASES)
+    a = replica(clients[0], "a")
+    with structlog.testing.capture_logs() as logs:
+        await a.start()
+        await asyncio.sleep(0.5)
+        assert not a.ready and not a.is_leader
+        denied = [e for e in logs if e.get("verb") == "create"]
+        assert denied and "leases.coordination.k8s.io" in denied[0]["event"]
+        api.allow("create", LEASES)
+        await asyncio.wait_for(a.wait_leader(), 2)
+        assert a.ready
+    await a.stop()
