@@ -388,7 +388,10 @@ class EventMapper:
             if text is not None and _header_safe(text):
                 result[HEADER_PREFIX + name] = text
         for attribute, header in _PROPERTY_HEADERS:
-            text = _text(getattr(message, attribute, None))
+            value = getattr(message, attribute, None)
+            if attribute == "priority" and not value:
+                continue  # 0 is AMQP's "no priority"; aio-pika reports it for every message
+            text = _text(value)
             if text and _header_safe(text):
                 result[header] = text
         return result

@@ -15,7 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import aio_pika
+import aiormq
+import yaml
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aiormq.abc import ChannelFrame
+from pamqp import commands as spec
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -177,3 +183,50 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+FAST_RETRY = {"max_attempts": 3, "initial_backoff": "10ms", "max_backoff": "50ms"}
+
+
+def bridge_yaml(
+    function_url: str, triggers: list[dict[str, Any]], dead_letter: dict[str, Any],
+    retry: dict[str, Any] | None = None,
+) -> str:
+    """A config file: one function ``fn`` at ``function_url`` and these triggers."""
+    document = {
+        "defaults": {"retry": retry or FAST_RETRY, "dead_letter": dead_letter},
+        "functions": {"fn": {"url": function_url}},
+        "triggers": [{"function": "fn", **trigger} for trigger in triggers],
+    }
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def rabbit_trigger(name: str, queue: str, url: str = BROKER_URL, **options: Any) -> dict[str, Any]:
+    return {"name": name, "rabbitmq": {"url": url, "queue": queue, **options}}
+
+
+async def publish_without_message_id(
+    url: str, routing_key: str, body: bytes, exchange: str = "", **properties: Any
+) -> None:
+    """Publish as most AMQP clients do, without a ``message_id``.
+
+    aiormq gives every publish a random ``message_id``, so this writes the
+    publish frames itself on a plain channel, then makes one round trip on that channel
+    (the broker handles a channel's frames in order, so the message is enqueued by then).
+    """
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=False)
+        header = ContentHeader(
+            properties=spec.Basic.Properties(delivery_mode=2, **properties), body_size=len(body)
+        )
+        frames: list[Any] = [
+            spec.Basic.Publish(exchange=exchange, routing_key=routing_key), header,
+            ContentBody(body),
+        ]
+        await channel.write_queue.put(
+            ChannelFrame.marshall(channel_number=channel.number, frames=frames)
+        )
+        await channel.basic_qos(prefetch_count=1)
+    finally:
+        await connection.close()
