@@ -151,24 +151,43 @@ class TlsConfig(Strict):
 
 
 class SaslConfig(Strict):
+    """SASL credentials; put the password in ``${ENV}`` (it is never logged)."""
+
     mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    username: str
+    username: str = Field(min_length=1)
     password: SecretStr
+
+
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+def _kafka_security_problem(
+    protocol: str, sasl: SaslConfig | None, tls: TlsConfig | None
+) -> str | None:
+    """Reject settings that would be silently ignored (credentials sent nowhere, no TLS)."""
+    if protocol.startswith("SASL") and sasl is None:
+        return f"security_protocol {protocol} needs a 'sasl' section"
+    if sasl is not None and not protocol.startswith("SASL"):
+        return f"'sasl' needs security_protocol SASL_PLAINTEXT or SASL_SSL, not {protocol}"
+    if tls is not None and not protocol.endswith("SSL"):
+        return f"'tls' needs security_protocol SSL or SASL_SSL, not {protocol}"
+    return None
 
 
 class KafkaConnection(Strict):
     """Settings shared by the Kafka source and the Kafka dead-letter sink."""
 
     bootstrap_servers: Servers
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    security_protocol: KafkaProtocol = "PLAINTEXT"
     sasl: SaslConfig | None = None
     tls: TlsConfig | None = None
-    client_id: str = "trigger-bridge"
+    client_id: str = Field("trigger-bridge", min_length=1)
 
     @model_validator(mode="after")
     def _security_is_consistent(self) -> KafkaConnection:
-        if self.security_protocol.startswith("SASL") and self.sasl is None:
-            raise ValueError(f"security_protocol {self.security_protocol} needs a 'sasl' section")
+        problem = _kafka_security_problem(self.security_protocol, self.sasl, self.tls)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -178,12 +197,46 @@ class FileSinkConfig(Strict):
 
 
 class KafkaSinkConfig(Strict):
+    """``dead_letter: {kafka: ...}``: produce to a topic (acks=all, awaited).
+
+    Without ``bootstrap_servers`` the sink uses the trigger's own Kafka connection
+    (servers, security, client id), overriding only what is set here; that needs a Kafka
+    trigger. With ``bootstrap_servers`` the sink has a connection of its own and nothing
+    is inherited.
+    """
+
     topic: str = Field(min_length=1)
-    #: Default: the trigger's own Kafka connection (when it has one).
     bootstrap_servers: Servers | None = None
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    security_protocol: KafkaProtocol | None = None
     sasl: SaslConfig | None = None
     tls: TlsConfig | None = None
+    client_id: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _security_is_consistent(self) -> KafkaSinkConfig:
+        if self.bootstrap_servers is None:
+            return self
+        problem = _kafka_security_problem(
+            self.security_protocol or "PLAINTEXT", self.sasl, self.tls
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def connection(self, trigger_connection: KafkaConnection | None) -> KafkaConnection:
+        """The connection to produce with (see the class docs); raises if there is none."""
+        own = {
+            k: v for k, v in
+            (("security_protocol", self.security_protocol), ("sasl", self.sasl),
+             ("tls", self.tls), ("client_id", self.client_id))
+            if v is not None
+        }
+        if self.bootstrap_servers is not None:
+            return KafkaConnection(bootstrap_servers=self.bootstrap_servers, **own)
+        if trigger_connection is None:
+            raise ValueError("a Kafka dead-letter sink needs 'bootstrap_servers' here")
+        base = trigger_connection.model_dump(include=set(KafkaConnection.model_fields))
+        return KafkaConnection.model_validate({**base, **own})
 
 
 class RabbitSinkConfig(Strict):
@@ -339,20 +392,37 @@ def _http_url(value: str) -> str:
 
 
 class KafkaSource(KafkaConnection):
+    """``kafka:`` source of a trigger (see docs/kafka.md)."""
+
     topics: list[str] = Field(min_length=1)
     group_id: str = Field(min_length=1)
+    #: Where a group without a committed offset (or with an expired one) starts.
     initial_offset: Literal["earliest", "latest"] = "earliest"
     ordering: Literal["key", "partition", "none"] = "key"
-    #: Records taken but not yet settled; above it fetching pauses (backpressure).
+    #: Records taken but not yet settled; at the limit fetching pauses (backpressure).
     max_unsettled: int = Field(1000, ge=1)
-    commit_interval: Duration = 1.0
-    session_timeout: Duration = 30.0
+    commit_interval: Duration = Field(1.0, gt=0)
+    session_timeout: Duration = Field(30.0, gt=0)
+    heartbeat_interval: Duration = Field(3.0, gt=0)
+    #: On rebalance, how long revoked partitions' in-flight records get to settle
+    #: (never more than half the session timeout).
+    revoke_timeout: Duration = Field(10.0, ge=0)
     max_poll_records: int = Field(500, ge=1)
 
     @field_validator("topics", mode="before")
     @classmethod
     def _topics_list(cls, value: object) -> object:
         return _as_list(value)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> KafkaSource:
+        if self.heartbeat_interval >= self.session_timeout:
+            raise _FieldError(
+                "heartbeat_interval",
+                f"must be shorter than session_timeout ({self.session_timeout:g}s); "
+                "a third of it is usual",
+            )
+        return self
 
 
 class RabbitDeclare(Strict):
@@ -756,6 +826,25 @@ def _cross_references(config: BridgeConfig) -> Iterator[ConfigProblem]:
                 "no dead-letter sink: set one here or in defaults.dead_letter",
             )
         yield from _rabbit_sink_problems(config, index, trigger)
+        yield from _kafka_sink_problems(config, index, trigger)
+
+
+def _kafka_sink_problems(
+    config: BridgeConfig, index: int, trigger: TriggerConfig
+) -> Iterator[ConfigProblem]:
+    """A Kafka dead-letter sink without servers borrows the trigger's connection."""
+    own = trigger.dead_letter is not None
+    dead_letter = trigger.dead_letter or config.defaults.dead_letter
+    sink = None if dead_letter is None else dead_letter.kafka
+    if sink is None or sink.bootstrap_servers is not None or trigger.kind == "kafka":
+        return
+    where = f"triggers[{index}].dead_letter" if own else "defaults.dead_letter"
+    suffix = "" if own else f" (inherited by trigger {trigger.name!r})"
+    yield ConfigProblem(
+        f"{where}.kafka.bootstrap_servers",
+        f"required for a {trigger.kind} trigger: only a kafka trigger has a Kafka "
+        f"connection to default to{suffix}",
+    )
 
 
 def _rabbit_sink_problems(

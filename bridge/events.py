@@ -108,8 +108,14 @@ class Event:
             attrs["subject"] = self.subject
         if self.content_type:
             attrs["datacontenttype"] = self.content_type
-        attrs.update(self.extensions)
+        attrs.update((k, v) for k, v in self.extensions.items() if k not in _MODELLED)
         return attrs
+
+
+#: Context attributes the Event carries as fields; an extension of the same name is ignored.
+_MODELLED = frozenset(
+    {"specversion", "id", "source", "type", "time", "subject", "datacontenttype"}
+)
 
 
 def format_time(moment: datetime) -> str:

@@ -36,33 +36,59 @@ _UNSAFE = re.compile(r'[^\x21\x23-\x24\x26-\x7e]')
 _DETAIL_BYTES = 512
 #: Headers a message may not set on the request; the bridge owns them.
 _RESERVED = frozenset({"content-type", "content-length", "host", "transfer-encoding", "connection"})
+#: Set last by the bridge; a message header of the same name (any case) is dropped.
+_BRIDGE_OWNED = frozenset({"bridge-trigger", "bridge-attempt"})
+#: CloudEvents attribute names: lower-case ASCII letters and digits.
+_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
 
 
 def percent_encode(value: str) -> str:
-    """CloudEvents HTTP binding header encoding (UTF-8, then %XX for unsafe bytes)."""
+    """CloudEvents HTTP binding header encoding (UTF-8, then %XX for unsafe bytes).
+
+    A lone surrogate (undecodable bytes smuggled into a str) is encoded as ``?``.
+    """
     if not _UNSAFE.search(value):
         return value
-    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), value)
+    return _UNSAFE.sub(
+        lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "replace")), value
+    )
 
 
 def build_headers(
     event: Event, attempt: int, static: Mapping[str, str] = {}  # noqa: B006 - read only
 ) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in event.http_headers.items():
-        if _TOKEN.match(name) and name.lower() not in _RESERVED and not name.lower().startswith(
-            "ce-"
-        ) and "\r" not in value and "\n" not in value and value.isascii():
-            headers[name] = value
+    """The request headers; every name appears once (case-insensitively).
+
+    Precedence: the bridge's own headers, then ``ce-*`` attributes, then ``static``
+    (the function's configured headers), then the message's ``http_headers``, which are
+    dropped when unsafe (invalid name, non-printable or non-ASCII value) or taken.
+    """
+    taken = {name.lower() for name in static} | _BRIDGE_OWNED
+    headers = {
+        name: value
+        for name, value in event.http_headers.items()
+        if name.lower() not in taken and _passes_through(name, value)
+    }
     headers.update(static)
     for name, value in event.ce_attributes().items():
-        if name != "datacontenttype":
+        if name != "datacontenttype" and _ATTRIBUTE_NAME.match(name):
             headers[f"ce-{name}"] = percent_encode(value)
     if event.content_type:
-        headers["Content-Type"] = event.content_type.replace("\r", "").replace("\n", "")
+        headers["Content-Type"] = "".join(c for c in event.content_type if " " <= c <= "~")
     headers["bridge-trigger"] = event.trigger
     headers["bridge-attempt"] = str(attempt)
     return headers
+
+
+def _passes_through(name: str, value: str) -> bool:
+    lower = name.lower()
+    return (
+        bool(_TOKEN.match(name))
+        and lower not in _RESERVED
+        and not lower.startswith("ce-")
+        and value.isascii()
+        and value.isprintable()
+    )
 
 
 class Invoker:
@@ -117,8 +143,8 @@ class Invoker:
         timeout: float,
         retryable: Collection[int],
     ) -> Outcome:
-        headers = build_headers(event, attempt, target.headers)
         try:
+            headers = build_headers(event, attempt, target.headers)
             async with asyncio.timeout(timeout):
                 async with self._session.post(url, data=event.data, headers=headers) as response:
                     return await _judge(response, retryable)
@@ -130,6 +156,8 @@ class Invoker:
             return Outcome(Verdict.RETRYABLE, "connect_error", detail=_short(err))
         except (aiohttp.ClientError, OSError) as err:
             return Outcome(Verdict.RETRYABLE, "connection_error", detail=_short(err))
+        except ValueError as err:  # a request that cannot be sent; sending again won't help
+            return Outcome(Verdict.PERMANENT, "invalid_request", detail=_short(err))
 
 
 async def _judge(response: aiohttp.ClientResponse, retryable: Collection[int]) -> Outcome:
