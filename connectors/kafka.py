@@ -1,0 +1,533 @@
+"""Kafka triggers on aiokafka: a consumer group source and a dead-letter topic sink.
+
+**Delivery (at-least-once).** Auto-commit is off. Every record taken is tracked per
+partition (:mod:`connectors.kafka_offsets`); the dispatcher settles it after a 2xx or
+a confirmed dead-letter write, and the connector commits, per partition, the first
+offset not yet settled -- every ``commit_interval``, when partitions are revoked and on
+``stop()``. A crash therefore redelivers what was not settled and never skips a record.
+
+**Rebalances.** aiokafka's group protocol is eager: every rebalance revokes every
+partition. On revoke the connector stops taking records from those partitions, waits
+(at most ``min(revoke_timeout, session_timeout / 2)``) for their in-flight records to
+settle, commits what is settled, and keeps the bookkeeping. Partitions that come back
+resume exactly where this member stopped taking (their in-flight records still settle
+here, so nothing is delivered twice); partitions that went elsewhere are closed (their
+late settles no longer commit; the new owner redelivers from the committed offset).
+
+**Backpressure.** At most ``max_unsettled`` records are taken and unsettled (the
+dispatcher gets the same bound). At the limit, every assigned partition is paused and
+the loop keeps calling ``getmany`` so the member stays in its group (heartbeats run in
+aiokafka's background task; the poll interval is kept alive); fetching resumes once a
+quarter of the window has settled.
+
+**Readiness** is true while the consumer is started, has received its group assignment
+(possibly empty: more members than partitions) and the last broker probe (the lag
+query, every few seconds) succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import errors as kafka_errors
+from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import ConsumerRecord
+
+from bridge.config import (
+    DeadLetterConfig,
+    KafkaConnection,
+    KafkaSinkConfig,
+    KafkaSource,
+    ResolvedTrigger,
+    TlsConfig,
+)
+from bridge.deadletter import DeadLetter
+from bridge.events import Disposition, Event
+from connectors.base import ConnectorContext
+from connectors.kafka_mapping import record_event
+from connectors.kafka_offsets import PartitionOffsets
+
+#: How long one ``getmany`` waits for records when there are none.
+_POLL = 0.2
+#: Lag query (also the broker liveness probe behind ``ready``).
+_PROBE_INTERVAL = 5.0
+_REQUEST_TIMEOUT = 10.0
+#: Fraction of ``max_unsettled`` that must settle before a paused source resumes.
+_RESUME_FRACTION = 4
+_AUTH_ERRORS = (
+    kafka_errors.AuthenticationFailedError,
+    kafka_errors.AuthenticationMethodNotSupported,
+    kafka_errors.SaslAuthenticationFailed,
+    kafka_errors.UnsupportedSaslMechanismError,
+    kafka_errors.IllegalSaslStateError,
+)
+
+
+class KafkaSourceError(Exception):
+    """A Kafka source cannot start; the message says why (no secrets in it)."""
+
+
+# --- connection ----------------------------------------------------------------------
+
+
+def client_options(connection: KafkaConnection) -> dict[str, Any]:
+    """aiokafka keyword arguments for a connection (servers, security, client id)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(connection.bootstrap_servers),
+        "client_id": connection.client_id,
+        "security_protocol": connection.security_protocol,
+    }
+    if connection.sasl is not None:
+        options["sasl_mechanism"] = connection.sasl.mechanism
+        options["sasl_plain_username"] = connection.sasl.username
+        options["sasl_plain_password"] = connection.sasl.password.get_secret_value()
+    if connection.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl_context(connection.tls or TlsConfig())
+    return options
+
+
+def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """An SSL context from mounted files; raises KafkaSourceError naming the bad file."""
+    password = tls.key_password.get_secret_value() if tls.key_password else None
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, password=password
+        )
+    except (OSError, ssl.SSLError) as err:
+        raise KafkaSourceError(f"cannot load TLS files: {err}") from None
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def describe_failure(err: BaseException, connection: KafkaConnection) -> str:
+    """A one-line cause for a failed connect: unreachable, authentication, other."""
+    servers = ",".join(connection.bootstrap_servers)
+    if isinstance(err, KafkaSourceError):
+        return str(err)
+    if isinstance(err, _AUTH_ERRORS) or (
+        connection.sasl is not None and not isinstance(err, kafka_errors.KafkaConnectionError)
+    ):
+        mechanism = connection.sasl.mechanism if connection.sasl else connection.security_protocol
+        return (
+            f"authentication with Kafka brokers {servers} failed ({mechanism}): "
+            f"{type(err).__name__}: {err}"
+        )
+    if isinstance(err, kafka_errors.KafkaConnectionError | OSError):
+        return f"Kafka brokers {servers} unreachable: {err}"
+    return f"cannot connect to Kafka brokers {servers}: {type(err).__name__}: {err}"
+
+
+# --- the source ----------------------------------------------------------------------
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, connector: KafkaConnector) -> None:
+        self._connector = connector
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._connector._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._connector._on_assigned(assigned)
+
+
+class KafkaConnector:
+    """One Kafka trigger: a member of its consumer group."""
+
+    def __init__(self, trigger: ResolvedTrigger, context: ConnectorContext) -> None:
+        source = trigger.config.kafka
+        assert source is not None
+        self._name = trigger.name
+        self._source: KafkaSource = source
+        self._log = context.log.bind(trigger=self._name)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._states: dict[TopicPartition, PartitionOffsets] = {}
+        self._retained: dict[TopicPartition, PartitionOffsets] = {}
+        self._epoch = 0
+        self._unsettled = 0
+        self._joined = False
+        self._broker_ok = False
+        self._paused = False
+        self._settled = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._last_commit = 0.0
+        self._last_probe = 0.0
+        self._lag_series: set[TopicPartition] = set()
+        m = context.metrics
+        self._m_lag = m.kafka_lag
+        self._m_commits = m.kafka_commits.labels(self._name)
+        self._m_commit_failures = m.kafka_commit_failures.labels(self._name)
+        self._m_rebalances = m.kafka_rebalances.labels(self._name)
+        self._m_assigned = m.kafka_assigned_partitions.labels(self._name)
+        self._m_paused = m.source_paused.labels(self._name)
+
+    @property
+    def ready(self) -> bool:
+        return self._consumer is not None and self._joined and self._broker_ok
+
+    @property
+    def max_unsettled(self) -> int:
+        return self._source.max_unsettled
+
+    @property
+    def unsettled(self) -> int:
+        """Records taken and not yet settled (what the backpressure bound counts)."""
+        return self._unsettled
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        source = self._source
+        consumer = AIOKafkaConsumer(
+            **client_options(source),
+            group_id=source.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=source.initial_offset,
+            session_timeout_ms=int(source.session_timeout * 1000),
+            heartbeat_interval_ms=int(source.heartbeat_interval * 1000),
+            max_poll_records=source.max_poll_records,
+        )
+        try:
+            await consumer.start()
+            missing = sorted(set(source.topics) - await consumer.topics())
+            if missing:
+                servers = ",".join(source.bootstrap_servers)
+                raise KafkaSourceError(
+                    f"topic(s) {', '.join(missing)} not found on {servers}"
+                    " (create them; the bridge does not)"
+                )
+        except BaseException as err:
+            await consumer.stop()
+            if isinstance(err, Exception):
+                raise KafkaSourceError(describe_failure(err, source)) from None
+            raise
+        consumer.subscribe(topics=list(source.topics), listener=_Rebalance(self))
+        self._consumer = consumer
+        self._broker_ok = True
+        self._last_commit = self._last_probe = time.monotonic()
+        self._log.info(
+            "kafka consumer started", brokers=",".join(source.bootstrap_servers),
+            topics=list(source.topics), group_id=source.group_id, ordering=source.ordering,
+        )
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        try:
+            await self._commit(consumer, list(self._states.values()), "stop")
+        finally:
+            for state in [*self._states.values(), *self._retained.values()]:
+                state.close()
+            self._states.clear()
+            self._retained.clear()
+            self._joined = False
+            self._set_paused(False)
+            self._m_assigned.set(0)
+            self._forget_lag(set(self._lag_series))
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            self._log.info("kafka consumer stopped", unsettled=self._unsettled)
+
+    # --- intake -------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Event]:
+        consumer = self._consumer
+        if consumer is None:
+            raise KafkaSourceError("events() before start()")
+        limit = self._source.max_unsettled
+        resume_at = limit - max(1, limit // _RESUME_FRACTION)
+        while True:
+            await self._housekeeping(consumer)
+            if self._unsettled >= limit or (self._paused and self._unsettled > resume_at):
+                await self._idle_paused(consumer)
+                continue
+            self._set_paused(False, consumer)
+            room = min(limit - self._unsettled, self._source.max_poll_records)
+            batch = await consumer.getmany(timeout_ms=int(_POLL * 1000), max_records=room)
+            epoch = self._epoch  # aiokafka returns records of the current assignment only
+            for tp, records in batch.items():
+                state = self._states.get(tp)
+                for record in records:
+                    if epoch != self._epoch or state is None or not state.active:
+                        break  # reassigned since this fetch: the new assignment set the position
+                    if state.accepts(record.offset):
+                        yield self._take(state, record)
+
+    def _take(self, state: PartitionOffsets, record: ConsumerRecord[bytes, bytes]) -> Event:
+        state.take(record.offset)
+        self._unsettled += 1
+        settler = functools.partial(self._settle, state, record.offset)
+        return record_event(self._name, record, settler)
+
+    async def _settle(
+        self, state: PartitionOffsets, offset: int, event: Event, disposition: Disposition
+    ) -> None:
+        self._unsettled -= 1
+        state.settle(offset)
+        self._settled.set()
+
+    async def _idle_paused(self, consumer: AIOKafkaConsumer) -> None:
+        """Full: pause every partition, wait for settles, keep the group membership alive."""
+        self._set_paused(True, consumer)
+        await self._wait_settled(_POLL)
+        consumer.pause(*consumer.assignment())
+        stray = await consumer.getmany(timeout_ms=0)
+        for tp, records in stray.items():  # none expected: rewind whatever came anyway
+            if records and tp in consumer.assignment():
+                consumer.seek(tp, records[0].offset)
+
+    def _set_paused(self, paused: bool, consumer: AIOKafkaConsumer | None = None) -> None:
+        if consumer is not None:
+            if paused:
+                consumer.pause(*consumer.assignment())
+            elif self._paused:
+                consumer.resume(*consumer.assignment())
+        if paused != self._paused:
+            self._paused = paused
+            self._m_paused.set(1 if paused else 0)
+            self._log.info(
+                "kafka source paused" if paused else "kafka source resumed",
+                unsettled=self._unsettled,
+            )
+
+    async def _wait_settled(self, timeout: float) -> None:
+        self._settled.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._settled.wait()
+
+    # --- commits, lag, liveness ----------------------------------------------------------
+
+    async def _housekeeping(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.monotonic()
+        if now - self._last_commit >= self._source.commit_interval:
+            self._last_commit = now
+            await self._commit(consumer, list(self._states.values()), "interval")
+        if now - self._last_probe >= _PROBE_INTERVAL:
+            self._last_probe = now
+            await self._probe(consumer)
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, states: Iterable[PartitionOffsets], reason: str
+    ) -> bool:
+        """Commit each partition's settled prefix; False (and logged) if the commit failed."""
+        async with self._commit_lock:
+            offsets = {}
+            for state in states:
+                point = state.pending_commit() if state.open else None
+                if point is not None:
+                    offsets[state.tp] = point
+            if not offsets:
+                return True
+            try:
+                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                    await consumer.commit(offsets)
+            except Exception as err:  # kept uncommitted: retried next time
+                self._m_commit_failures.inc()
+                self._log.warning(
+                    "kafka offset commit failed", reason=reason,
+                    error=f"{type(err).__name__}: {err}"[:300],
+                )
+                return False
+            for state in states:
+                if state.tp in offsets:
+                    state.committed = offsets[state.tp]
+            self._m_commits.inc()
+            return True
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Check the brokers answer (feeds ``ready``) and update the lag gauges."""
+        states = dict(self._states)
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT / 2):
+                ends = await consumer.end_offsets(list(states)) if states else {}
+                if not states:
+                    await consumer.topics()
+        except Exception as err:  # any failure: the brokers are not usable
+            if self._broker_ok:
+                self._log.warning(
+                    "kafka brokers not responding", error=f"{type(err).__name__}: {err}"[:300]
+                )
+            self._broker_ok = False
+            return
+        if not self._broker_ok:
+            self._log.info("kafka brokers responding again")
+        self._broker_ok = True
+        for tp, state in states.items():
+            point = state.commit_point()
+            if point is None:
+                point = await _known_position(consumer, tp)
+            if point is not None and tp in ends:
+                self._m_lag.labels(self._name, tp.topic, str(tp.partition)).set(
+                    max(0, ends[tp] - point)
+                )
+                self._lag_series.add(tp)
+
+    def _forget_lag(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions & self._lag_series:
+            with contextlib.suppress(KeyError):
+                self._m_lag.remove(self._name, tp.topic, str(tp.partition))
+            self._lag_series.discard(tp)
+
+    # --- rebalance -----------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        states = [self._states[tp] for tp in revoked if tp in self._states]
+        if consumer is None or not states:
+            return
+        for state in states:
+            state.active = False
+        bound = min(self._source.revoke_timeout, self._source.session_timeout / 2)
+        deadline = time.monotonic() + bound
+        while any(s.unsettled for s in states) and (left := deadline - time.monotonic()) > 0:
+            await self._wait_settled(left)
+        await self._commit(consumer, states, "revoke")
+        waiting = sum(s.unsettled for s in states)
+        self._log.info(
+            "kafka partitions revoked", partitions=_names(revoked),
+            still_in_flight=waiting,
+        )
+        for state in states:
+            self._retained[state.tp] = self._states.pop(state.tp)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        self._epoch += 1
+        self._m_rebalances.inc()
+        resumed = []
+        for tp in assigned:
+            retained = self._retained.pop(tp, None)
+            if retained is not None and retained.next_offset is not None:
+                retained.active = True
+                self._states[tp] = retained
+                consumer.seek(tp, retained.next_offset)
+                resumed.append(tp)
+            else:
+                self._states[tp] = PartitionOffsets(tp)
+        gone = set(self._retained)
+        for state in self._retained.values():
+            state.close()
+        self._retained.clear()
+        self._forget_lag(gone)
+        if self._paused:
+            consumer.pause(*assigned)
+        self._joined = True
+        self._m_assigned.set(len(assigned))
+        self._log.info(
+            "kafka partitions assigned", partitions=_names(assigned),
+            resumed=len(resumed), count=len(assigned),
+        )
+
+
+async def _known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The fetch position if it is known by now (nothing taken yet from ``tp``)."""
+    try:
+        async with asyncio.timeout(0.5):
+            position: int = await consumer.position(tp)
+            return position
+    except Exception:  # unknown yet or revoked meanwhile: no lag figure now
+        return None
+
+
+def _names(partitions: Iterable[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)
+
+
+# --- the dead-letter sink ------------------------------------------------------------
+
+
+def dead_letter_headers(record: DeadLetter) -> list[tuple[str, bytes]]:
+    """Original headers + ``bridge-*`` + the CloudEvent as ``ce_*`` (Kafka binary mode).
+
+    The result is itself a binary-mode CloudEvent with the same attributes, so a redrive
+    reproduces the original invocation (same ``id``); a structured-mode original is
+    written in binary mode. A malformed message (``invalid_message``) keeps its original
+    headers exactly: it is not a CloudEvent and is not made into one.
+    """
+    bridge = [(name, value.encode("utf-8")) for name, value in record.bridge_headers()]
+    if record.error == "invalid_message":
+        return [*record.headers, *bridge]
+    kept = [
+        (name, value) for name, value in record.headers
+        if not name.lower().startswith("ce_") and name.lower() != "content-type"
+    ]
+    attributes = dict(record.cloudevent)
+    content_type = attributes.pop("datacontenttype", None)
+    ce = [(f"ce_{name}", value.encode("utf-8")) for name, value in attributes.items()]
+    if content_type:
+        ce.append(("content-type", content_type.encode("utf-8")))
+    return [*kept, *bridge, *ce]
+
+
+class KafkaSink:
+    """Dead letters to a topic: ``acks=all``, and ``write`` awaits the broker's ack.
+
+    ``start`` may fail (brokers down): ``write`` then connects first, so the dispatcher's
+    write retries double as reconnects.
+    """
+
+    def __init__(self, topic: str, connection: KafkaConnection) -> None:
+        self.topic = topic
+        self._connection = connection
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._producer is not None:
+                return
+            producer = AIOKafkaProducer(
+                **client_options(self._connection),
+                acks="all",
+                max_request_size=64 * 1024 * 1024,
+                request_timeout_ms=int(_REQUEST_TIMEOUT * 3 * 1000),
+            )
+            try:
+                await producer.start()
+            except BaseException as err:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                if isinstance(err, Exception):
+                    raise KafkaSourceError(describe_failure(err, self._connection)) from None
+                raise
+            self._producer = producer
+
+    async def write(self, record: DeadLetter) -> None:
+        await self.start()
+        producer = self._producer
+        assert producer is not None
+        await producer.send_and_wait(
+            self.topic, value=record.body, key=record.key, headers=dead_letter_headers(record)
+        )
+
+    async def close(self) -> None:
+        async with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+
+def kafka_sink(config: DeadLetterConfig, trigger: ResolvedTrigger) -> KafkaSink:
+    """Sink factory for ``dead_letter: {kafka: {...}}`` (see ``connectors.base.SINKS``)."""
+    sink: KafkaSinkConfig | None = config.kafka
+    assert sink is not None
+    return KafkaSink(sink.topic, sink.connection(trigger.config.kafka))
