@@ -91,7 +91,8 @@ async def test_cron_fires_once_across_replicas_and_survives_sigkill_of_the_leade
 
     times = tick_times(fn)
     first, last = min(times), max(times)
-    expected = {first + timedelta(seconds=s) for s in range(int((last - first).total_seconds()) + 1)}
+    span = int((last - first).total_seconds())
+    expected = {first + timedelta(seconds=s) for s in range(span + 1)}
     assert set(times) == expected, sorted(expected - set(times))  # no tick lost
     repeats = [t for t, n in Counter(times).items() if n > 1]
     # A tick may repeat only when the dead leader fired it after its last renewal.
