@@ -559,6 +559,7 @@ class RabbitConnector:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._consumer_tag: str | None = None
+        self._up = False
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
     @property
@@ -594,7 +595,7 @@ class RabbitConnector:
             raise RabbitSetupError(explain(err, self._url, self._source.queue)) from None
         connection.close_callbacks.add(self._on_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
-        self._connection, self._channel = connection, channel
+        self._connection, self._channel, self._up = connection, channel, True
         if self._reject_dead and "x-dead-letter-exchange" not in self._declared_arguments():
             self._log.warning("dead_letter reject mode: make sure the queue has a dead-letter "
                               "exchange (queue argument or policy), or rejected messages are lost")
@@ -622,13 +623,16 @@ class RabbitConnector:
         self._inbox.put_nowait(message)
 
     def _on_lost(self, _connection: object, error: BaseException | None = None) -> None:
-        if self._connection is None:
-            return  # our own close
+        # Also called for each failed reconnect attempt: report the loss once.
+        if self._connection is None or not self._up:
+            return  # our own close, or already reported
+        self._up = False
         self._m_lost.inc()
         self._log.warning("rabbitmq connection lost; reconnecting",
                           error=_scrub(str(error) or type(error).__name__, self._url)[:300])
 
     def _on_reconnected(self, _connection: object) -> None:
+        self._up = True
         self._m_reconnects.inc()
         self._log.info("rabbitmq connection restored; consuming again")
 

@@ -128,6 +128,20 @@ class Broker:
                 taken.append(message)
         return taken
 
+    async def requeue(self, queue: str, body: bytes, times: int, timeout: float = 10.0) -> None:
+        """Take the message ``body`` and nack it with requeue, ``times`` times (what a
+        crashing consumer does to a quorum queue's delivery count)."""
+        channel = await self._open()
+        target = await channel.get_queue(queue, ensure=False)
+        async with asyncio.timeout(timeout):
+            for _ in range(times):
+                message = await target.get(no_ack=False, fail=False)
+                while message is None:
+                    await asyncio.sleep(0.05)
+                    message = await target.get(no_ack=False, fail=False)
+                assert message.body == body, f"expected {body!r} at the head, got {message.body!r}"
+                await message.nack(requeue=True)
+
     async def cleanup(self) -> None:
         """Delete every queue and exchange this helper named (fresh connection: the old
         one may have died with a broker restart)."""
