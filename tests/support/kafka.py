@@ -150,9 +150,11 @@ def start_broker(log_path: Path, *extra: str, timeout: float = 30.0) -> KafkaBro
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"tansu exited {process.returncode}: {log_path.read_text()[-2000:]}")
+            output = log_path.read_text()[-2000:]
+            raise RuntimeError(f"tansu exited {process.returncode}: {output}")
         probe = subprocess.run(
-            [binary, "topic", "list", "--broker", url], capture_output=True, timeout=10
+            [binary, "topic", "list", "--broker", url],
+            check=False, capture_output=True, timeout=10,
         )
         if probe.returncode == 0:
             return broker
