@@ -512,7 +512,7 @@ def explain(err: BaseException, url: str, queue: str | None = None) -> str:
         reason = f"the broker rejected the declared settings at {where}: {_reply(text)}"
     elif isinstance(err, amqp_errors.ChannelAccessRefused):
         reason = f"access refused at {where}: {_reply(text)}"
-    elif isinstance(err, ssl.SSLError | ssl.CertificateError):
+    elif isinstance(err, ssl.SSLError | ssl.CertificateError) or "[SSL" in text:
         reason = f"TLS handshake with {where} failed: {text}"
     elif isinstance(err, OSError | TimeoutError | ConnectionError):
         reason = f"cannot connect to RabbitMQ at {where}: {type(err).__name__}: {text}"
