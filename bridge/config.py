@@ -647,7 +647,7 @@ def problems_from(
         if isinstance(ctx_error, _FieldError):
             field, message = str(ctx_error).split("\x00", 1)
             yield ConfigProblem(join_path([*loc, field], prefix), message)
-        elif item["type"] == "invalid_key" or item["loc"][-1] == "[key]":
+        elif item["type"] == "invalid_key" or item["loc"][-1:] == ("[key]",):
             path = join_path([*loc[:-1], str(loc[-1])], prefix)
             yield ConfigProblem(path, f"keys must be strings, got {_describe(item.get('input'))}")
         elif len(loc) < len(item["loc"]):
