@@ -181,9 +181,12 @@ def _describe(err: BaseException) -> str:
 class KubeClient:
     """The process's API client (lazy: connects on first use, ``close()`` repeatable)."""
 
-    def __init__(self, settings: Settings, log: Logger) -> None:
+    def __init__(
+        self, settings: Settings, log: Logger, service_account: Path = SERVICE_ACCOUNT_DIR
+    ) -> None:
         self._settings = settings
         self._log = log
+        self._service_account = service_account
         self._api: k8s.ApiClient | None = None
         self._namespace: str | None = settings.namespace
         self._lock = asyncio.Lock()
@@ -211,9 +214,11 @@ class KubeClient:
         path = self._settings.kubeconfig
         if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
             k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
+                client_configuration=configuration,
+                token_filename=str(self._service_account / "token"),
+                cert_filename=str(self._service_account / "ca.crt"),
             )
-            ns_file = SERVICE_ACCOUNT_DIR / "namespace"
+            ns_file = self._service_account / "namespace"
             return ns_file.read_text().strip() if ns_file.exists() else None
         loader = await k8s_config.load_kube_config(
             config_file=path, client_configuration=configuration, persist_config=False

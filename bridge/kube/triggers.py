@@ -227,10 +227,13 @@ class TriggerWatcher:
             trigger, functions = validate_trigger(obj, base)
         except ConfigError as err:
             problems = tuple(str(p) for p in err.problems)
-            self._log.warning("invalid Trigger resource", trigger=object_name(obj),
-                              problems=list(problems))
-            return Verdict(generation, problems=problems)
-        return Verdict(generation, trigger, functions)
+        except Exception as err:  # a validator bug must not stop the other Triggers
+            problems = (f"spec: cannot be validated: {type(err).__name__}: {err}"[:500],)
+        else:
+            return Verdict(generation, trigger, functions)
+        self._log.warning("invalid Trigger resource", trigger=object_name(obj),
+                          problems=list(problems))
+        return Verdict(generation, problems=problems)
 
     # --- watch ------------------------------------------------------------------------
 

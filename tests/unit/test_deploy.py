@@ -85,14 +85,16 @@ def test_deployment_is_a_well_behaved_workload() -> None:
     assert deployment["spec"]["replicas"] == 2
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["terminationGracePeriodSeconds"] > parse_duration(env["BRIDGE_DRAIN_TIMEOUT"])
     assert pod["serviceAccountName"] == find(objects, "ServiceAccount", "trigger-bridge")[
         "metadata"]["name"]
-    assert env["BRIDGE_LEADER_ELECTION"] == "true" and env["BRIDGE_WATCH_TRIGGERS"] == "true"
+    assert env["BRIDGE_LEADER_ELECTION"] == "true"
+    assert env["BRIDGE_WATCH_TRIGGERS"] == "true"
     known = {f"BRIDGE_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= known, set(env) - known
     mounts = {m["name"]: m for m in container["volumeMounts"]}
@@ -126,7 +128,8 @@ def test_crd_matches_the_code() -> None:
     assert crd["spec"]["scope"] == "Namespaced"
     assert crd["spec"]["names"]["kind"] == "Trigger"
     [version] = crd["spec"]["versions"]
-    assert version["name"] == TRIGGER_VERSION and version["subresources"] == {"status": {}}
+    assert version["name"] == TRIGGER_VERSION
+    assert version["subresources"] == {"status": {}}
 
 
 def test_example_config_and_triggers_validate_with_the_bridge_models() -> None:

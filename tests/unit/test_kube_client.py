@@ -1,0 +1,134 @@
+"""bridge.kube.client and pool helpers: error classification, RBAC log lines, paths,
+config loading, EndpointSlice -> URL resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import structlog
+from kubernetes_asyncio import client as k8s
+
+from bridge.config import KubernetesTarget
+from bridge.kube.client import (
+    ENDPOINT_SLICES,
+    EVENTS,
+    TRIGGERS,
+    KubeClient,
+    KubeError,
+    classify,
+    log_api_error,
+)
+from bridge.kube.pool import endpoint_urls, resolve_port
+from bridge.logs import get_logger
+from bridge.settings import Settings
+
+
+def test_resource_paths_and_names() -> None:
+    assert ENDPOINT_SLICES.path("ns") == "/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices"
+    assert TRIGGERS.path("ns", "t", "status") == (
+        "/apis/triggerbridge.dev/v1alpha1/namespaces/ns/triggers/t/status"
+    )
+    assert EVENTS.path("ns") == "/api/v1/namespaces/ns/events"
+    assert ENDPOINT_SLICES.name == "endpointslices.discovery.k8s.io"
+    assert EVENTS.name == "events"
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(403, "forbidden"), (404, "not_found"), (409, "conflict"), (410, "gone"),
+     (429, "retryable"), (500, "retryable"), (503, "retryable"), (0, "retryable"),
+     (422, "invalid"), (400, "invalid")],
+)
+def test_classify(status: int, kind: str) -> None:
+    err = classify(status, b'{"kind":"Status","message":"boom","code":1}', verb="get",
+                   resource=ENDPOINT_SLICES, namespace="ns", retry_after="7")
+    assert err.kind == kind
+    assert err.message == "boom"
+    assert err.retry_after == 7.0
+    assert err.retryable == (kind == "retryable")
+
+
+def test_classify_non_json_body() -> None:
+    assert classify(502, b"<html>bad gateway</html>", verb="list", resource="x",
+                    namespace="n").message == "<html>bad gateway</html>"
+
+
+def test_forbidden_log_names_the_missing_verb_and_rule() -> None:
+    err = classify(403, b'{"message":"nope"}', verb="watch", resource=ENDPOINT_SLICES,
+                   namespace="fns")
+    with structlog.testing.capture_logs() as logs:
+        log_api_error(get_logger(), err, "pool", 2.0)
+    [line] = logs
+    assert line["log_level"] == "error"
+    assert "may not 'watch' endpointslices.discovery.k8s.io in namespace 'fns'" in line["event"]
+    assert line["rbac_rule"] == "apiGroups: ['discovery.k8s.io'], resources: [endpointslices], " \
+        "verbs: [watch]"
+    other = KubeError(500, "x", verb="get", resource="leases", namespace="n")
+    with structlog.testing.capture_logs() as logs:
+        log_api_error(get_logger(), other, "lease", None)
+    assert logs[0]["log_level"] == "warning"
+    assert logs[0]["status"] == 500
+
+
+async def test_in_cluster_config_uses_the_service_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "token").write_text("sa-token")
+    (tmp_path / "ca.crt").write_text("not parsed here")
+    (tmp_path / "namespace").write_text("functions\n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    kube = KubeClient(Settings(), get_logger(), service_account=tmp_path)
+    configuration = k8s.Configuration()
+    assert await kube._load(configuration) == "functions"
+    assert configuration.host == "https://10.0.0.1:443"
+    assert configuration.api_key["BearerToken"].endswith("sa-token")
+    assert configuration.ssl_ca_cert == str(tmp_path / "ca.crt")
+
+
+async def test_kubeconfig_context_namespace(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text("""
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: team-a}}]
+current-context: x
+""")
+    kube = KubeClient(Settings(kubeconfig=str(path)), get_logger())
+    configuration = k8s.Configuration()
+    assert await kube._load(configuration) == "team-a"
+    assert configuration.host == "http://127.0.0.1:1"
+
+
+def piece(ports: list[dict[str, object]], endpoints: list[dict[str, object]]) -> dict[str, object]:
+    return {"ports": ports, "endpoints": endpoints}
+
+
+def test_resolve_port() -> None:
+    named = [{"name": "http", "port": 8080}, {"name": "grpc", "port": 9090}]
+    assert resolve_port(named, "grpc") == 9090
+    assert resolve_port(named, "metrics") is None
+    assert resolve_port([{"name": "", "port": 7000}], "http") == 7000  # single unnamed port
+    assert resolve_port(named, 8080) == 8080
+    assert resolve_port(named, "9090") == 9090
+    assert resolve_port(named, 5000) == 5000  # a pod port the slice does not list
+
+
+def test_endpoint_urls_ready_and_ipv6() -> None:
+    target = KubernetesTarget(service="s", port="http", path="invoke")
+    found = endpoint_urls(piece(
+        [{"name": "http", "port": 8080}],
+        [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}},
+         {"addresses": ["10.1.0.2"], "conditions": {"ready": False}},
+         {"addresses": ["10.1.0.3"], "conditions": {}},
+         {"addresses": ["fd00::1"]}],
+    ), target)
+    assert found == [
+        ("http://10.1.0.1:8080/invoke", True), ("http://10.1.0.2:8080/invoke", False),
+        ("http://10.1.0.3:8080/invoke", True), ("http://[fd00::1]:8080/invoke", True),
+    ]
+    assert endpoint_urls(piece([{"name": "grpc", "port": 1}], [{"addresses": ["a"]}]),
+                         target) == []
