@@ -3,8 +3,8 @@
 ``kafka_broker`` (session-scoped) starts ``tansu broker`` with in-memory storage on a
 free port, waits until it answers the Kafka protocol (``tansu topic list``), and stops
 it at the end of the session. Tests create a fresh topic each (``broker.topic()``), so
-they never see each other's records. Import it in a test module with
-``from tests.support.kafka import kafka_broker  # noqa: F401``.
+they never see each other's records. Bind it in a test module with
+``kafka_broker = tests.support.kafka.kafka_broker`` (an import would trip ruff's F811).
 
 Tansu notes (0.6): topics are auto-created by a metadata request that names them (so
 producing to a missing topic creates it with the default partition count); consumer
