@@ -162,3 +162,25 @@ triggers: []
         assert not [c for c in second.calls if c.received > deleted + 0.3]
         assert bridge.get_status("/readyz") == 200
         assert await bridge.terminate() == 0
+
+
+async def test_missing_rbac_makes_the_daemon_unready_until_granted(
+    api: KubeApi, tmp_path: Path
+) -> None:
+    api.forbid("watch", TRIGGERS)
+    config = f"""
+defaults:
+  dead_letter: {{file: {{path: "{tmp_path / 'dl.jsonl'}"}}}}
+functions: {{}}
+triggers: []
+"""
+    env = kube_env(api, tmp_path, BRIDGE_WATCH_TRIGGERS="true")
+    async with BridgeProcess(config, tmp_path, env) as bridge:
+        await wait(lambda: any(e.get("verb") == "watch" for e in bridge.logs()), 10)
+        denied = next(e for e in bridge.logs() if e.get("verb") == "watch")
+        assert denied["level"] == "error"
+        assert "may not 'watch' triggers.triggerbridge.dev" in denied["event"]
+        assert bridge.get_status("/readyz") == 503
+        api.allow("watch", TRIGGERS)
+        await bridge.wait_http("/readyz", timeout=40)  # retried with backoff
+        assert await bridge.terminate() == 0

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from bridge.kube.client import KubeClient
+from bridge.kube.client import LEASES as LEASES_RESOURCE
+from bridge.kube.client import KubeClient, KubeError
 from bridge.kube.lease import LeaseLeadership, parse_time
 from bridge.logs import get_logger
 from bridge.settings import Settings
@@ -50,12 +51,15 @@ async def test_one_leader_then_takeover_within_the_lease_duration(
     await asyncio.wait_for(a.wait_leader(), 3)
     await b.start()
     await asyncio.sleep(1.0)
-    assert a.is_leader and not b.is_leader
+    assert a.is_leader
+    assert not b.is_leader
     lease = api.get(LEASES, "bridge")
     assert lease is not None
     spec = lease["spec"]
-    assert spec["holderIdentity"] == "a" and spec["leaseDurationSeconds"] == 2
-    assert spec["leaseTransitions"] == 0 and parse_time(spec["acquireTime"]) is not None
+    assert spec["holderIdentity"] == "a"
+    assert spec["leaseDurationSeconds"] == 2
+    assert spec["leaseTransitions"] == 0
+    assert parse_time(spec["acquireTime"]) is not None
 
     # a dies without releasing (its task is cancelled, the Lease left as it is).
     assert a._task is not None
@@ -65,7 +69,8 @@ async def test_one_leader_then_takeover_within_the_lease_duration(
     await asyncio.wait_for(b.wait_leader(), 4)
     assert time.monotonic() - died <= 2.0 + 0.2 + 0.5
     spec = api.get(LEASES, "bridge")["spec"]  # type: ignore[index]
-    assert spec["holderIdentity"] == "b" and spec["leaseTransitions"] == 1
+    assert spec["holderIdentity"] == "b"
+    assert spec["leaseTransitions"] == 1
     assert b.handover_since == last_renew
     assert changes == [("a", True), ("b", True)]
     await b.stop()
@@ -130,10 +135,32 @@ async def test_forbidden_lease_update_is_logged_and_not_ready(
     with structlog.testing.capture_logs() as logs:
         await a.start()
         await asyncio.sleep(0.5)
-        assert not a.ready and not a.is_leader
+        assert not a.ready
+        assert not a.is_leader
         denied = [e for e in logs if e.get("verb") == "create"]
-        assert denied and "leases.coordination.k8s.io" in denied[0]["event"]
+        assert denied
+        assert "leases.coordination.k8s.io" in denied[0]["event"]
         api.allow("create", LEASES)
         await asyncio.wait_for(a.wait_leader(), 2)
         assert a.ready
     await a.stop()
+
+
+async def test_requests_retry_429_and_5xx_honouring_retry_after(
+    api: KubeApi, clients: list[KubeClient]
+) -> None:
+    api.put(LEASES, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                     "metadata": {"name": "x"}, "spec": {}})
+    api.fail_next(429, retry_after="1")
+    api.fail_next(503)
+    started = time.monotonic()
+    lease = await clients[0].request("get", LEASES_RESOURCE, "default", name="x")
+    assert lease["metadata"]["name"] == "x"
+    assert time.monotonic() - started >= 1.0
+    api.fail_next(500, count=4)
+    with pytest.raises(KubeError) as caught:
+        await clients[0].request("get", LEASES_RESOURCE, "default", name="x")
+    assert caught.value.kind == "retryable"
+    with pytest.raises(KubeError) as missing:
+        await clients[0].request("get", LEASES_RESOURCE, "default", name="absent")
+    assert missing.value.kind == "not_found"

