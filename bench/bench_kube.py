@@ -21,9 +21,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +49,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+async def until(predicate: Callable[[], bool]) -> None:
+    """Poll every loop iteration: the measurement includes no sleep granularity."""
+    while True:
+        if predicate():
+            return
+        await asyncio.sleep(0)
+
+
 async def endpoint_change(changes: int) -> dict[str, object]:
     async with KubeApi() as api:
         with tempfile.TemporaryDirectory() as tmp:
@@ -59,8 +67,7 @@ async def endpoint_change(changes: int) -> dict[str, object]:
             pool = KubernetesPool("fn", KubernetesTarget(service="fn"), client, context)
             api.put(SLICES, endpoint_slice("fn", [("10.0.0.1", True)], [("http", 8080)], "a"))
             pool.start()
-            while not any(e.ready for e in pool.endpoints):
-                await asyncio.sleep(0.001)
+            await until(lambda: any(e.ready for e in pool.endpoints))
             latencies = []
             for n in range(changes):
                 ready = n % 2 == 0  # alternately add and remove 10.0.0.2
@@ -68,8 +75,7 @@ async def endpoint_change(changes: int) -> dict[str, object]:
                 started = time.perf_counter()
                 api.put(SLICES, endpoint_slice("fn", endpoints, [("http", 8080)], "a"))
                 want = 2 if ready else 1
-                while sum(e.ready for e in pool.endpoints) != want:
-                    await asyncio.sleep(0)
+                await until(lambda want=want: sum(e.ready for e in pool.endpoints) == want)
                 latencies.append(time.perf_counter() - started)
             await pool.close()
             await client.close()
