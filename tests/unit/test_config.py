@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from bridge.cli import main
 from bridge.config import (
     BridgeConfig,
     ConfigError,
     ConfigProblem,
     RetryConfig,
+    TriggerConfig,
     load_config,
     parse_config,
     problems_from,
@@ -292,3 +296,79 @@ def test_problems_from_with_a_prefix() -> None:
         "spec.retry.multiplier: expected a number, got 'x'",
         "spec.retry.jiter: unknown key (did you mean 'jitter'?)",
     ]
+
+
+def test_model_level_error_at_the_root_gets_the_prefix() -> None:
+    """As when one Trigger resource is validated on its own."""
+    with pytest.raises(ValidationError) as caught:
+        TriggerConfig.model_validate({"name": "t", "function": "f"})
+    assert [str(p) for p in problems_from(caught.value, prefix="spec")] == [
+        "spec: needs exactly one source of 'kafka', 'rabbitmq', 'cron'; found none"
+    ]
+
+
+# --- examples/ ----------------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+#: Every ${VAR} without a default that the examples reference.
+EXAMPLE_ENV = {"API_TOKEN": "token", "KAFKA_PASSWORD": "secret", "TLS_KEY_PASSWORD": "pw"}
+
+
+def test_there_are_examples() -> None:
+    names = {p.name for p in EXAMPLES.glob("*.yaml")}
+    assert {"cron.yaml", "kafka.yaml", "rabbitmq.yaml", "kitchen-sink.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_validates_through_the_cli(
+    path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("BRIDGE_") or name in EXAMPLE_ENV:
+            monkeypatch.delenv(name)
+    for name, value in EXAMPLE_ENV.items():
+        monkeypatch.setenv(name, value)
+    code = main(["validate", "--config", str(path)])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert out.startswith(f"ok: {path}: ")
+
+
+def test_kitchen_sink_sets_every_option() -> None:
+    """Keeps examples/kitchen-sink.yaml (and so the reference) complete as options are added."""
+    config = load_config(EXAMPLES / "kitchen-sink.yaml", env=EXAMPLE_ENV)
+    declared = _declared_fields(BridgeConfig)
+    used: set[tuple[str, str]] = set()
+    _used_fields(config, used)
+    assert sorted(declared - used) == []
+
+
+def _declared_fields(model: type[BaseModel]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    pending: list[Any] = [model]
+    seen: set[Any] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            for name, info in current.model_fields.items():
+                found.add((current.__name__, name))
+                pending.append(info.annotation)
+        else:
+            pending.extend(get_args(current))
+    return found
+
+
+def _used_fields(value: Any, used: set[tuple[str, str]]) -> None:
+    if isinstance(value, BaseModel):
+        for name in value.model_fields_set:
+            used.add((type(value).__name__, name))
+            _used_fields(getattr(value, name), used)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _used_fields(item, used)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _used_fields(item, used)
