@@ -72,8 +72,8 @@ class KafkaBroker:
 
     async def produce(
         self, topic: str, records: Sequence[Record], partition: int | None = None
-    ) -> list[int]:
-        """Produce (acks=all) and return the offsets, in order."""
+    ) -> list[tuple[int, int]]:
+        """Produce (acks=all) and return (partition, offset) of each record, in order."""
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
             max_request_size=32 * 1024 * 1024,
@@ -85,7 +85,8 @@ class KafkaBroker:
                                     partition=partition)
                 for key, value, headers in records
             ]
-            return [(await f).offset for f in futures]
+            sent = [await f for f in futures]
+            return [(meta.partition, meta.offset) for meta in sent]
         finally:
             await producer.stop()
 
