@@ -146,7 +146,11 @@ class Invoker:
         try:
             headers = build_headers(event, attempt, target.headers)
             async with asyncio.timeout(timeout):
-                async with self._session.post(url, data=event.data, headers=headers) as response:
+                # A redirect is an answer, not delivery: following a 301/302 would turn the
+                # POST into a GET without the event and count that GET's 2xx as delivered.
+                async with self._session.post(
+                    url, data=event.data, headers=headers, allow_redirects=False
+                ) as response:
                     return await _judge(response, retryable)
         except TimeoutError:
             return Outcome(
