@@ -334,3 +334,16 @@ async def test_a_request_that_cannot_be_sent_is_permanent(
         outcome = await Invoker(session).invoke(target, event(), 1, timeout=5)
         assert (outcome.verdict, outcome.reason) == (Verdict.PERMANENT, "invalid_request")
         assert fn.calls == []
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirects_are_not_followed(session: aiohttp.ClientSession, status: int) -> None:
+    """Following 301/302/303 would re-send as a GET without the event and report delivery."""
+    async with RecordingFunction() as elsewhere:
+        reply = Reply(status=status, headers={"Location": elsewhere.url})
+        async with RecordingFunction(lambda call, n: reply) as fn:
+            outcome = await Invoker(session).invoke(target_for(fn.url), event(), 1, timeout=5)
+        assert (outcome.verdict, outcome.reason, outcome.status) == (
+            Verdict.PERMANENT, f"http_{status}", status
+        )
+        assert elsewhere.calls == []
