@@ -3,6 +3,9 @@ config loading, EndpointSlice -> URL resolution."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +135,20 @@ def test_endpoint_urls_ready_and_ipv6() -> None:
     ]
     assert endpoint_urls(piece([{"name": "grpc", "port": 1}], [{"addresses": ["a"]}]),
                          target) == []
+
+
+def test_kubernetes_client_is_not_imported_unless_configured() -> None:
+    code = (
+        "import sys\n"
+        "from bridge.config import parse_config\n"
+        "from bridge.settings import Settings\n"
+        "from bridge.runtime import Runtime\n"
+        "from bridge.reload import wire\n"
+        "import bridge.cli\n"
+        "config = parse_config('defaults: {dead_letter: {file: {path: /tmp/x}}}\\n"
+        "functions: {f: {url: \"http://127.0.0.1:9/\"}}')\n"
+        "wire(Runtime(config, Settings()), None)\n"
+        "assert 'kubernetes_asyncio' not in sys.modules, 'imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
