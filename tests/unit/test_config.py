@@ -372,3 +372,9 @@ def _used_fields(value: Any, used: set[tuple[str, str]]) -> None:
     elif isinstance(value, list | tuple):
         for item in value:
             _used_fields(item, used)
+
+
+def test_reference_documents_every_key() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = sorted({f for _, f in _declared_fields(BridgeConfig) if f"`{f}`" not in doc})
+    assert missing == []
