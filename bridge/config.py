@@ -726,7 +726,7 @@ _EXPECTED = {
     "list_type": "a list", "frozen_set_type": "a list", "set_type": "a list",
     "tuple_type": "a list", "string_type": "a string", "int_type": "a whole number",
     "int_parsing": "a whole number", "int_from_float": "a whole number",
-    "float_type": "a number", "float_parsing": "a number",
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
     "bool_type": "true or false", "bool_parsing": "true or false",
 }
 
