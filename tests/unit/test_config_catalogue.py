@@ -182,6 +182,10 @@ CATALOGUE: list[Any] = [
         "expected a whole number, got 2.5", id="int-fractional",
     ),
     pytest.param(
+        "defaults: {concurrency: .nan}\n", "defaults.concurrency: ",
+        "expected a finite number, got nan", id="int-nan",
+    ),
+    pytest.param(
         cron('schedule: "* * * * *", suspend: maybe'), "triggers[0].cron.suspend: ",
         "expected true or false, got 'maybe'", id="bool-not-bool",
     ),
