@@ -50,6 +50,7 @@ from bridge.config import (
 )
 from bridge.deadletter import DeadLetter
 from bridge.events import Disposition, Event
+from bridge.logs import Logger, get_logger
 from connectors.base import ConnectorContext
 from connectors.kafka_mapping import record_event
 from connectors.kafka_offsets import PartitionOffsets
@@ -162,6 +163,8 @@ class KafkaConnector:
         self._last_commit = 0.0
         self._last_probe = 0.0
         self._lag_series: set[TopicPartition] = set()
+        #: Seconds between broker probes / lag updates (tests shorten it).
+        self.probe_interval = _PROBE_INTERVAL
         m = context.metrics
         self._m_lag = m.kafka_lag
         self._m_commits = m.kafka_commits.labels(self._name)
@@ -212,7 +215,7 @@ class KafkaConnector:
                     " (create them; the bridge does not)"
                 )
         except BaseException as err:
-            await consumer.stop()
+            await _close_client(consumer, self._log)
             if isinstance(err, Exception):
                 raise KafkaSourceError(describe_failure(err, source)) from None
             raise
@@ -240,8 +243,7 @@ class KafkaConnector:
             self._set_paused(False)
             self._m_assigned.set(0)
             self._forget_lag(set(self._lag_series))
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+            await _close_client(consumer, self._log)
             self._log.info("kafka consumer stopped", unsettled=self._unsettled)
 
     # --- intake -------------------------------------------------------------------------
@@ -319,7 +321,7 @@ class KafkaConnector:
         if now - self._last_commit >= self._source.commit_interval:
             self._last_commit = now
             await self._commit(consumer, list(self._states.values()), "interval")
-        if now - self._last_probe >= _PROBE_INTERVAL:
+        if now - self._last_probe >= self.probe_interval:
             self._last_probe = now
             await self._probe(consumer)
 
@@ -438,6 +440,23 @@ class KafkaConnector:
         )
 
 
+async def _close_client(client: AIOKafkaConsumer | AIOKafkaProducer, log: Logger) -> None:
+    """Stop an aiokafka client; never raises for the client's own troubles.
+
+    With the brokers gone, aiokafka's ``stop()`` re-raises the cancellation of its own
+    pending fetch tasks as ``CancelledError``; that is not a cancellation of the caller
+    (which ``Task.cancelling()`` tells apart), so it is swallowed like any other error.
+    """
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception as err:  # closing anyway: report and carry on
+        log.warning("kafka client close failed", error=f"{type(err).__name__}: {err}"[:300])
+
+
 async def _known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     """The fetch position if it is known by now (nothing taken yet from ``tp``)."""
     try:
@@ -485,9 +504,10 @@ class KafkaSink:
     write retries double as reconnects.
     """
 
-    def __init__(self, topic: str, connection: KafkaConnection) -> None:
+    def __init__(self, topic: str, connection: KafkaConnection, log: Logger | None = None) -> None:
         self.topic = topic
         self._connection = connection
+        self._log = log or get_logger(sink="kafka", topic=topic)
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
@@ -504,8 +524,7 @@ class KafkaSink:
             try:
                 await producer.start()
             except BaseException as err:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+                await _close_client(producer, self._log)
                 if isinstance(err, Exception):
                     raise KafkaSourceError(describe_failure(err, self._connection)) from None
                 raise
@@ -523,11 +542,12 @@ class KafkaSink:
         async with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            await _close_client(producer, self._log)
 
 
 def kafka_sink(config: DeadLetterConfig, trigger: ResolvedTrigger) -> KafkaSink:
     """Sink factory for ``dead_letter: {kafka: {...}}`` (see ``connectors.base.SINKS``)."""
     sink: KafkaSinkConfig | None = config.kafka
     assert sink is not None
-    return KafkaSink(sink.topic, sink.connection(trigger.config.kafka))
+    log = get_logger(trigger=trigger.name, sink="kafka", topic=sink.topic)
+    return KafkaSink(sink.topic, sink.connection(trigger.config.kafka), log)
