@@ -8,14 +8,20 @@ never be a traceback.
 
 from __future__ import annotations
 
+import copy
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bridge.cli import main
+from bridge.config import ConfigError, parse_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 HEAD = """\
 defaults:
@@ -640,3 +646,56 @@ def big_config(triggers: int, functions: int = 10) -> str:
             f"cron: {{schedule: '{i % 60} */2 * * MON-FRI', time_zone: Europe/Berlin}}}}"
         )
     return "\n".join(lines) + "\n"
+
+
+# --- mutation: whatever is written, the answer is a ConfigError with readable lines ------
+
+_ODD_VALUES: list[Any] = [
+    None, [], {}, 0, -1, 10**30, 1.5, float("nan"), float("inf"), True, "", "x", "${",
+    "\x00", "é", [1, "a"], {"a": 1}, {1: 2}, "-1s", "1e400", "@every 1ns", [None], {"file": None},
+]
+_JARGON = ("Input should", "Value error", "Field required", "validation error", "pydantic")
+
+
+def test_mutated_configs_give_readable_errors_never_exceptions() -> None:
+    base = yaml.safe_load((EXAMPLES / "kitchen-sink.yaml").read_text())
+    env = {"API_TOKEN": "t", "KAFKA_PASSWORD": "p", "TLS_KEY_PASSWORD": "k"}
+    paths = [p for p in _paths(base) if p]
+    rng = random.Random(20260308)
+    rejected = 0
+    for _ in range(150):
+        tree = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 3)):
+            _set(tree, rng.choice(paths), copy.deepcopy(rng.choice(_ODD_VALUES)))
+        text = yaml.safe_dump(tree, allow_unicode=True)
+        try:
+            parse_config(text, env=env)
+        except ConfigError as err:
+            rejected += 1
+            for problem in err.problems:
+                line = str(problem)
+                assert "\n" not in line
+                assert not any(word in line for word in _JARGON), line
+    assert rejected > 100
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(
+        node, list
+    ) else ()
+    for key, value in items:
+        yield from _paths(value, (*prefix, key))
+
+
+def _set(tree: Any, path: tuple[Any, ...], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        if not isinstance(node, dict | list):
+            return
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    if isinstance(node, dict) or (isinstance(node, list) and path[-1] < len(node)):
+        node[path[-1]] = value
