@@ -33,7 +33,7 @@ class AdminServer:
         site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
         await site.start()
         self._runner = runner
-        server = site._server  # noqa: SLF001 - the bound port when 0 was asked for
+        server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
 

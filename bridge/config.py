@@ -575,6 +575,12 @@ class ResolvedTrigger:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def ordering(self) -> Literal["key", "partition", "none"]:
+        """The source's ordering mode (cron has none)."""
+        source = self.config.source
+        return "none" if isinstance(source, CronSource) else source.ordering
+
 
 def _merge(base: RetryConfig, override: RetryConfig | None) -> RetryConfig:
     if override is None:
@@ -912,7 +918,7 @@ _UniqueKeyLoader.add_constructor(
 
 def _load_yaml(text: str, name: str) -> Any:
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name

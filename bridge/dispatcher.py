@@ -156,13 +156,13 @@ class Dispatcher:
             outcome = Outcome(Verdict.PERMANENT, "invalid_message", detail=event.defect)
             await self._dead_letter(event, outcome, attempts=0)
             return
-        outcome, attempts = await self._attempts(event)
-        if outcome is None:
+        result, attempts = await self._attempts(event)
+        if result is None:
             await self._settle(event, Disposition.ABANDONED)
-        elif outcome.ok:
+        elif result.ok:
             await self._settle(event, Disposition.DELIVERED)
         else:
-            await self._dead_letter(event, outcome, attempts)
+            await self._dead_letter(event, result, attempts)
 
     async def _attempts(self, event: Event) -> tuple[Outcome | None, int]:
         """Run attempts until delivered, permanent or exhausted; None = missed deadline."""
@@ -212,7 +212,7 @@ class Dispatcher:
             try:
                 await self._parts.sink.write(record)
                 break
-            except Exception as err:  # noqa: BLE001 - any sink failure: keep the event, retry
+            except Exception as err:
                 failures += 1
                 self._parts.metrics.dead_letter_failures.labels(self.trigger.name).inc()
                 delay = backoff(_SINK_RETRY, failures)
@@ -233,7 +233,7 @@ class Dispatcher:
     async def _settle(self, event: Event, disposition: Disposition) -> None:
         try:
             await event.settle(disposition)
-        except Exception as err:  # noqa: BLE001 - the source will redeliver; log and go on
+        except Exception as err:
             self._log.warning("settle failed", event_id=event.id, error=str(err)[:300])
             return
         self._m_settled[disposition].inc()

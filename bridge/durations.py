@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -21,8 +22,8 @@ def parse_duration(value: object) -> float:
         seconds = _parse_text(value.strip())
     else:
         raise ValueError(f"expected a duration like '30s', got {value!r}")
-    if seconds < 0 or seconds != seconds:
-        raise ValueError(f"duration must not be negative, got {value!r}")
+    if seconds < 0 or math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"duration must be a finite, non-negative time, got {value!r}")
     return seconds
 
 

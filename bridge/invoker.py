@@ -55,7 +55,7 @@ def percent_encode(value: str) -> str:
 
 
 def build_headers(
-    event: Event, attempt: int, static: Mapping[str, str] = {}  # noqa: B006 - read only
+    event: Event, attempt: int, static: Mapping[str, str] = {}
 ) -> dict[str, str]:
     """The request headers; every name appears once (case-insensitively).
 
@@ -134,7 +134,7 @@ class Invoker:
             overflow=route.overflow,
         )
 
-    async def _post(
+    async def _post(  # noqa: PLR0917 - private, called once
         self,
         url: str,
         target: Target,

@@ -25,7 +25,7 @@ import aiohttp
 from bridge.admin import AdminServer
 from bridge.config import BridgeConfig, FunctionConfig, ResolvedTrigger
 from bridge.deadletter import Sink
-from bridge.dispatcher import DispatchParts, Dispatcher
+from bridge.dispatcher import Dispatcher, DispatchParts
 from bridge.invoker import Invoker
 from bridge.leadership import AlwaysLeader, Leadership
 from bridge.logs import Logger, get_logger
@@ -148,7 +148,8 @@ class Runtime:
         """Move to ``config``: start new triggers, restart changed ones, stop removed ones."""
         wanted = {t.name: config.resolve(t) for t in config.triggers}
         self.config = config
-        for name in [n for n in self.units if n not in wanted or wanted[n] != self.units[n].trigger]:
+        changed = [n for n, u in self.units.items() if wanted.get(n) != u.trigger]
+        for name in changed:
             await self.stop_unit(name)
         for name in [f for f, fn in self._functions.items() if config.functions.get(f) != fn]:
             # Changed or removed function: its triggers were stopped above; rebuild it.
@@ -168,8 +169,7 @@ class Runtime:
             metrics=self.metrics,
             log=self.log,
         )
-        ordering = getattr(trigger.config.source, "ordering", "none")
-        dispatcher = Dispatcher(trigger, parts, ordering, connector.max_unsettled)
+        dispatcher = Dispatcher(trigger, parts, trigger.ordering, connector.max_unsettled)
         unit = Unit(trigger, connector, dispatcher)
         unit.pump = asyncio.create_task(self._pump(unit), name=f"pump:{trigger.name}")
         self.units[trigger.name] = unit
@@ -195,7 +195,7 @@ class Runtime:
                 log.warning("source ended; restarting")
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # noqa: BLE001 - any source failure: log, back off, retry
+            except Exception as err:
                 unit.failures += 1
                 delay = backoff(_RESTART, unit.failures)
                 log.error(
@@ -215,7 +215,7 @@ class Runtime:
         try:
             async with asyncio.timeout(_STOP_TIMEOUT):
                 await unit.connector.stop()
-        except Exception as err:  # noqa: BLE001 - shutting down: report and carry on
+        except Exception as err:
             self.log.warning(
                 "connector stop failed", trigger=unit.trigger.name, error=_describe(err)
             )
@@ -254,7 +254,7 @@ class Runtime:
             sink = sink_factory(config.kind)(config, trigger)
             try:
                 await sink.start()
-            except Exception as err:  # noqa: BLE001 - writes retry until the sink is back
+            except Exception as err:
                 self.log.error("dead-letter sink not available yet", trigger=trigger.name,
                                sink=config.kind, error=_describe(err))
             self._sinks[key] = sink

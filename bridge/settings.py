@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BRIDGE_", frozen=True, extra="ignore")
 
     config: str | None = None
-    admin_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
+    admin_host: str = "0.0.0.0"
     admin_port: int = Field(8000, ge=0, le=65535)
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

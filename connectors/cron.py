@@ -136,9 +136,8 @@ class CronConnector:
         self._name = trigger.name
         self._source: CronSource = source
         self._schedule = parse_schedule(source.schedule, source.time_zone)
-        self._deadline = (
-            None if source.starting_deadline is None else timedelta(seconds=source.starting_deadline)
-        )
+        deadline = source.starting_deadline
+        self._deadline = None if deadline is None else timedelta(seconds=deadline)
         self._body = b"" if source.data is None else json.dumps(source.data).encode()
         self._context = context
         self._clock = context.shared(CronClock, CronClock)

@@ -66,7 +66,8 @@ class BridgeProcess:
         await self.wait_http("/readyz" if self.wait_ready else "/healthz")
 
     async def _read_logs(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
+        assert self.process is not None
+        assert self.process.stderr is not None
         async for line in self.process.stderr:
             self.log_lines.append(line.decode(errors="replace").rstrip())
 
@@ -94,18 +95,19 @@ class BridgeProcess:
             except OSError:
                 pass
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"{path} not OK within {timeout}s:\n" + "\n".join(self.log_lines[-30:]))
+                tail = "\n".join(self.log_lines[-30:])
+                raise AssertionError(f"{path} not OK within {timeout}s:\n{tail}")
             await asyncio.sleep(0.1)
 
     def get(self, path: str) -> str:
         url = f"http://127.0.0.1:{self.admin_port}{path}"
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - localhost
+        with urllib.request.urlopen(url, timeout=5) as response:
             return response.read().decode()
 
     def get_status(self, path: str) -> int:
         url = f"http://127.0.0.1:{self.admin_port}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return int(response.status)
         except urllib.error.HTTPError as err:
             return int(err.code)
