@@ -334,7 +334,8 @@ class EventMapper:
 
     def _fill(self, event: Event, message: AbstractIncomingMessage,
               headers: Mapping[str, Any]) -> None:
-        event.headers = tuple((k, _raw(v)) for k, v in headers.items())
+        if headers:
+            event.headers = tuple((k, _raw(v)) for k, v in headers.items())
         event.http_headers = self._http_headers(message, headers)
         if self._keyed:
             event.ordering_key = self._ordering_key(message, headers)
@@ -356,10 +357,12 @@ class EventMapper:
     def _cloudevent(
         message: AbstractIncomingMessage, headers: Mapping[str, Any]
     ) -> _CloudEvent | None:
-        media = (message.content_type or "").split(";", 1)[0].strip().lower()
-        if media == STRUCTURED_CONTENT_TYPE:
+        content_type = message.content_type
+        if content_type and content_type.split(";", 1)[0].strip().lower() == (
+            STRUCTURED_CONTENT_TYPE
+        ):
             return structured_cloudevent(message.body)
-        return binary_cloudevent(headers)
+        return binary_cloudevent(headers) if headers else None
 
     @staticmethod
     def _id(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> str:
@@ -389,9 +392,9 @@ class EventMapper:
                 result[HEADER_PREFIX + name] = text
         for attribute, header in _PROPERTY_HEADERS:
             value = getattr(message, attribute, None)
-            if attribute == "priority" and not value:
-                continue  # 0 is AMQP's "no priority"; aio-pika reports it for every message
-            text = _text(value)
+            if not value:
+                continue  # unset (priority 0 is AMQP's "none"; aio-pika always reports it)
+            text = value if isinstance(value, str) else _text(value)
             if text and _header_safe(text):
                 result[header] = text
         return result
@@ -535,6 +538,75 @@ def _scrub(text: str, url: str) -> str:
 # --- the connector ------------------------------------------------------------------
 
 
+class AckBatcher:
+    """The acknowledgements of one AMQP channel, coalesced.
+
+    Acks settled during one event-loop iteration are sent together by the first of
+    them, after one ``sleep(0)``: the run of deliveries settled from the oldest one
+    unacked goes as a single ``basic.ack(multiple=true)`` carrying the highest pending
+    tag; later ones are acked one by one in the same flush. Nothing waits longer than
+    that iteration, so a slow or retrying delivery never delays the acks of the
+    others. Rejects go out at once. A channel's delivery tags are 1, 2, 3, ... in
+    delivery order, which is what lets the run be computed from ``_through`` alone.
+    One flush at a time (a lock), so a multiple ack never overtakes an earlier frame:
+    its own tag is always still unacked (the broker closes the channel otherwise).
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        #: Every tag <= this is settled and acknowledged (or rejected).
+        self._through = 0
+        #: Settled tags above ``_through``.
+        self._settled: set[int] = set()
+        #: Positive acks not sent yet.
+        self._pending: set[int] = set()
+        self._lock = asyncio.Lock()
+        self._flushing = False
+
+    async def ack(self, tag: int) -> None:
+        """Queue an ack; the first caller in a loop iteration sends the batch and
+        raises if it could not be sent (the other callers have returned already)."""
+        self._pending.add(tag)
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            await asyncio.sleep(0)  # let the other settles of this iteration join
+        finally:
+            self._flushing = False
+        await self.flush()
+
+    async def reject(self, tag: int, requeue: bool) -> None:
+        async with self._lock:
+            await self.channel.basic_reject(delivery_tag=tag, requeue=requeue)
+            self._settled.add(tag)
+
+    async def flush(self) -> None:
+        """Send the pending acks (also called by ``stop`` for what is left)."""
+        async with self._lock:
+            pending, self._pending = self._pending, set()
+            if not pending:
+                return
+            self._settled |= pending
+            while self._through + 1 in self._settled:
+                self._through += 1
+                self._settled.discard(self._through)
+            try:
+                covered = [tag for tag in pending if tag <= self._through]
+                if covered:
+                    await self.channel.basic_ack(delivery_tag=max(covered), multiple=True)
+                for tag in sorted(tag for tag in pending if tag > self._through):
+                    await self.channel.basic_ack(delivery_tag=tag)
+            except Exception as err:
+                raise AckError(len(pending), err) from err
+
+
+class AckError(Exception):
+    def __init__(self, count: int, cause: BaseException) -> None:
+        super().__init__(f"{count} ack(s) not sent: {type(cause).__name__}: {cause}")
+        self.count = count
+
+
 def _rejects(dead_letter: DeadLetterConfig | None) -> bool:
     return bool(dead_letter and dead_letter.rabbitmq and dead_letter.rabbitmq.reject)
 
@@ -560,6 +632,7 @@ class RabbitConnector:
         self._channel: AbstractRobustChannel | None = None
         self._consumer_tag: str | None = None
         self._up = False
+        self._acks: AckBatcher | None = None
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
     @property
@@ -639,33 +712,57 @@ class RabbitConnector:
     async def events(self) -> AsyncIterator[Event]:
         while True:
             message = await self._inbox.get()
-            if _channel_gone(message):
+            acks = self._acks_for(message)
+            if acks is None or message.delivery_tag is None:
                 self._m_stale.inc()  # its channel died: the broker has requeued it
                 continue
-            yield self._map(message, partial(self._settle, message))
+            yield self._map(message, partial(self._settle, acks, message.delivery_tag))
+
+    def _acks_for(self, message: AbstractIncomingMessage) -> AckBatcher | None:
+        """The batcher of the delivery's channel, or None when that channel is closed."""
+        try:
+            channel = message.channel  # raises once the channel is closed
+        except Exception:
+            return None
+        if channel.is_closed:
+            return None
+        if self._acks is None or self._acks.channel is not channel:
+            self._acks = AckBatcher(channel)  # a new channel (reconnect): tags restart at 1
+        return self._acks
 
     async def _settle(
-        self, message: AbstractIncomingMessage, event: Event, disposition: Disposition
+        self, acks: AckBatcher, tag: int, event: Event, disposition: Disposition
     ) -> None:
         try:
             if disposition is Disposition.DEAD_LETTERED and self._reject_dead:
-                await message.reject(requeue=False)
+                await acks.reject(tag, requeue=False)
             elif disposition is Disposition.ABANDONED:
-                await message.nack(requeue=True)
+                await acks.reject(tag, requeue=True)
             else:
-                await message.ack()
+                await acks.ack(tag)
         except Exception as err:
-            self._m_settle_failures.inc()
-            self._log.warning(
-                "acknowledgement not sent; the broker will redeliver the message",
-                event_id=event.id, disposition=disposition.value,
-                error=f"{type(err).__name__}: {err}"[:300],
-            )
+            self._settle_failed(err, disposition, event_id=event.id)
+
+    def _settle_failed(self, err: BaseException, disposition: Disposition | None = None,
+                       **context: str) -> None:
+        count = err.count if isinstance(err, AckError) else 1
+        self._m_settle_failures.inc(count)
+        self._log.warning(
+            "acknowledgement not sent; the broker will redeliver", count=count,
+            disposition=None if disposition is None else disposition.value,
+            error=f"{type(err).__name__}: {err}"[:300], **context,
+        )
 
     async def stop(self) -> None:
         connection, self._connection = self._connection, None
         self._channel, self._consumer_tag = None, None
         self._drop_inbox()
+        acks, self._acks = self._acks, None
+        if acks is not None:
+            try:
+                await acks.flush()
+            except Exception as err:
+                self._settle_failed(err)
         if connection is not None:
             await _close(connection)
             self._log.info("rabbitmq connection closed")
@@ -674,13 +771,6 @@ class RabbitConnector:
         """Deliveries not yet taken: unacked, so the broker requeues them on close."""
         while not self._inbox.empty():
             self._inbox.get_nowait()
-
-
-def _channel_gone(message: AbstractIncomingMessage) -> bool:
-    try:
-        return bool(message.channel.is_closed)
-    except Exception:
-        return True
 
 
 async def _close(connection: AbstractConnection) -> None:

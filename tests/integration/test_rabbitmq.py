@@ -50,8 +50,10 @@ async def test_every_message_reaches_the_function_untouched(tmp_path: Path) -> N
         env = {"TB_RMQ_USER": "guest", "TB_RMQ_PASSWORD": "guest"}
         async with BridgeProcess(config, tmp_path, env=env, wait_ready=True) as bridge:
             await fn.wait_for(lambda: len(by_number(fn.calls)) == len(bodies), timeout=60)
+            assert bridge.metric("bridge_rabbitmq_settle_failures_total") == 0
             assert await bridge.terminate() == 0
         assert await broker.count(queue) == 0, "every delivery was acked"
+        assert "PRECONDITION_FAILED" not in "\n".join(bridge.log_lines), "acks were valid"
     received = by_number(fn.calls)
     assert {n: c.body for n, c in received.items()} == bodies
     assert len(set(fn.ids())) == len(bodies)

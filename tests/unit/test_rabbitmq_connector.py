@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import Any
 
 import aiormq.exceptions as amqp_errors
 import pytest
@@ -35,28 +34,24 @@ URL_ = "amqp://bridge:s3cret-pw@rabbit:5672/prod"
 
 
 class RecordingChannel:
-    """Stands in for an aiormq channel: records acks/rejects, or is closed."""
+    """Stands in for an aiormq channel: records the frames it is asked to send."""
 
-    def __init__(self, closed: bool = False) -> None:
+    def __init__(self, closed: bool = False, failing: bool = False) -> None:
         self.is_closed = closed
-        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.failing = failing
+        self.sent: list[tuple[str, int, bool]] = []
 
-    async def basic_ack(self, **kwargs: Any) -> None:
-        self.sent.append(("ack", kwargs))
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        if self.failing:
+            raise amqp_errors.ChannelInvalidStateError("closed")
+        self.sent.append(("ack", delivery_tag, multiple))
 
-    async def basic_reject(self, **kwargs: Any) -> None:
-        self.sent.append(("reject", kwargs))
-
-    async def basic_nack(self, **kwargs: Any) -> None:
-        self.sent.append(("nack", kwargs))
-
-    @property
-    def connection(self) -> Any:
-        return type("C", (), {"basic_nack": True})()
+    async def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        self.sent.append(("reject" if not requeue else "requeue", delivery_tag, False))
 
 
-def message_on(channel: RecordingChannel) -> IncomingMessage:
-    frame = spec.Basic.Deliver(consumer_tag="c", delivery_tag=9, exchange="", routing_key="q")
+def message_on(channel: RecordingChannel, tag: int = 9) -> IncomingMessage:
+    frame = spec.Basic.Deliver(consumer_tag="c", delivery_tag=tag, exchange="", routing_key="q")
     header = ContentHeader(properties=spec.Basic.Properties(), body_size=1)
     return IncomingMessage(DeliveredMessage(delivery=frame, header=header, body=b"x",
                                             channel=channel))  # type: ignore[arg-type]
@@ -85,36 +80,59 @@ def sample(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name, {"trigger": "t"}) or 0.0
 
 
+async def take(rabbit: RabbitConnector, messages: list[IncomingMessage]) -> list[Event]:
+    for message in messages:
+        await rabbit._on_message(message)
+    events = rabbit.events()
+    taken = [await anext(events) for _ in messages]
+    await events.aclose()
+    return taken
+
+
 @pytest.mark.parametrize(("dead_letter", "disposition", "expected"), [
-    ("{file: {path: /tmp/x}}", Disposition.DELIVERED, ("ack", {"delivery_tag": 9,
-                                                               "multiple": False})),
-    ("{file: {path: /tmp/x}}", Disposition.DEAD_LETTERED, ("ack", {"delivery_tag": 9,
-                                                                   "multiple": False})),
-    ("{rabbitmq: {reject: true}}", Disposition.DELIVERED, ("ack", {"delivery_tag": 9,
-                                                                   "multiple": False})),
-    ("{rabbitmq: {reject: true}}", Disposition.DEAD_LETTERED, ("reject", {"delivery_tag": 9,
-                                                                          "requeue": False})),
-    ("{file: {path: /tmp/x}}", Disposition.ABANDONED, ("nack", {"delivery_tag": 9,
-                                                                "multiple": False,
-                                                                "requeue": True})),
+    ("{file: {path: /tmp/x}}", Disposition.DELIVERED, ("ack", 1, True)),
+    ("{file: {path: /tmp/x}}", Disposition.DEAD_LETTERED, ("ack", 1, True)),
+    ("{rabbitmq: {reject: true}}", Disposition.DELIVERED, ("ack", 1, True)),
+    ("{rabbitmq: {reject: true}}", Disposition.DEAD_LETTERED, ("reject", 1, False)),
+    ("{file: {path: /tmp/x}}", Disposition.ABANDONED, ("requeue", 1, False)),
 ])
 async def test_settle_acks_or_rejects(
-    dead_letter: str, disposition: Disposition, expected: tuple[str, dict[str, Any]]
+    dead_letter: str, disposition: Disposition, expected: tuple[str, int, bool]
 ) -> None:
     rabbit, _ = connector(dead_letter)
     channel = RecordingChannel()
-    message = message_on(channel)
-    event = Event(trigger="t", id="e", source="s", type="t", data=b"x")
-    await rabbit._settle(message, event, disposition)
+    [event] = await take(rabbit, [message_on(channel, tag=1)])
+    await event.settle(disposition)
     assert channel.sent == [expected]
+
+
+async def test_acks_of_one_loop_iteration_are_coalesced() -> None:
+    rabbit, _ = connector("{rabbitmq: {reject: true}}")
+    channel = RecordingChannel()
+    events = await take(rabbit, [message_on(channel, tag) for tag in range(1, 9)])
+    by_tag = dict(zip(range(1, 9), events, strict=True))
+    # 2, 3 settle first: 1 is still out, so they are acked one by one.
+    await asyncio.gather(by_tag[2].settle(Disposition.DELIVERED),
+                         by_tag[3].settle(Disposition.DELIVERED))
+    # 4 is rejected (reject mode); 1, 5, 6 and 8 settle together: 1..6 form a run from
+    # the oldest, sent as one multiple ack carrying 6; 8 is after the gap at 7.
+    await by_tag[4].settle(Disposition.DEAD_LETTERED)
+    await asyncio.gather(*(by_tag[t].settle(Disposition.DELIVERED) for t in (1, 5, 6, 8)))
+    await by_tag[7].settle(Disposition.DELIVERED)
+    assert channel.sent == [
+        ("ack", 2, False), ("ack", 3, False), ("reject", 4, False),
+        ("ack", 6, True), ("ack", 8, False), ("ack", 7, True),
+    ]
 
 
 async def test_settling_a_delivery_of_a_dead_channel_is_logged_not_raised() -> None:
     rabbit, metrics = connector()
-    message = message_on(RecordingChannel(closed=True))
-    event = Event(trigger="t", id="e", source="s", type="t", data=b"x")
-    await rabbit._settle(message, event, Disposition.DELIVERED)
-    assert sample(metrics, "bridge_rabbitmq_settle_failures_total") == 1
+    channel = RecordingChannel()
+    events = await take(rabbit, [message_on(channel, 1), message_on(channel, 2)])
+    channel.failing = True
+    await asyncio.gather(*(e.settle(Disposition.DELIVERED) for e in events))
+    assert sample(metrics, "bridge_rabbitmq_settle_failures_total") == 2
+    assert all(e.settled is Disposition.DELIVERED for e in events)
 
 
 async def test_not_ready_and_bounded_before_start() -> None:
@@ -129,13 +147,22 @@ async def test_stale_deliveries_are_dropped_before_dispatch() -> None:
     rabbit, metrics = connector()
     live, dead = RecordingChannel(), RecordingChannel(closed=True)
     await rabbit._on_message(message_on(dead))
-    await rabbit._on_message(message_on(live))
-    events = rabbit.events()
-    event = await anext(events)
-    await events.aclose()
+    [event] = await take(rabbit, [message_on(live, 1)])
     await event.settle(Disposition.DELIVERED)
-    assert live.sent == [("ack", {"delivery_tag": 9, "multiple": False})]
+    assert live.sent == [("ack", 1, True)]
     assert sample(metrics, "bridge_rabbitmq_stale_deliveries_total") == 1
+
+
+async def test_a_new_channel_gets_its_own_tag_sequence() -> None:
+    rabbit, _ = connector()
+    old, new = RecordingChannel(), RecordingChannel()
+    [first] = await take(rabbit, [message_on(old, 1)])
+    [second] = await take(rabbit, [message_on(new, 1)])
+    await second.settle(Disposition.DELIVERED)
+    old.failing = True  # the old channel died meanwhile
+    await first.settle(Disposition.DELIVERED)
+    assert new.sent == [("ack", 1, True)]
+    assert old.sent == []
 
 
 @pytest.mark.parametrize(("error", "expected"), [

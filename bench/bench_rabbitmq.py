@@ -1,0 +1,340 @@
+"""RabbitMQ trigger benchmark: the bridge against a raw aio-pika consumer, same run.
+
+    .venv/bin/python bench/bench_rabbitmq.py [--messages 50000] [--prefetch 100]
+
+Needs the RabbitMQ server at 127.0.0.1:5672 (guest/guest). Prints JSON lines.
+
+Contenders, each in its own process, each consuming its own fresh queue:
+
+- ``baseline``: an aio-pika consumer with ``basic.qos(prefetch)`` that posts each
+  message with aiohttp (one pooled session) and acks after the response: the floor
+  of "queue -> HTTP function" on this machine.
+- ``bridge``: ``python -m bridge run`` with one RabbitMQ trigger at the same prefetch
+  (trigger concurrency = prefetch).
+
+The fast function is an aiohttp server in a third process (answers 200 at once), so
+it does not compete with either consumer's event loop; it counts requests and keeps
+their receive times. All processes share this machine's cores with the broker.
+
+Phases (one JSON line per contender and phase, then a summary line):
+
+- ``throughput``: ``--messages`` messages of ``--size`` bytes are published first, then
+  the consumer starts; throughput = messages / (last receipt - first receipt) at the
+  function, so process start-up is not counted.
+- ``latency``: the consumer runs idle, then ``--latency-messages`` are published at
+  ``--rate`` per second, each stamped with its publish time; latency = receipt at the
+  function - publish time. ``added`` = bridge - baseline at p50 and p99.
+
+Summary: ``ratio`` = bridge / baseline throughput (target >= 0.85).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER = "amqp://guest:guest@127.0.0.1:5672/"
+SENT_HEADER = "sent"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps({"bench": "rabbitmq", **fields}), flush=True)
+
+
+# --- the fast function (its own process) ---------------------------------------------
+
+
+def serve_function(port: int) -> None:
+    """Answers 200 to every POST; GET /stats returns the count and receive times."""
+    received: list[float] = []
+    latencies: list[float] = []
+
+    async def post(request: web.Request) -> web.Response:
+        await request.read()
+        now = time.time()
+        received.append(now)
+        sent = request.headers.get(f"amqp-header-{SENT_HEADER}")
+        if sent:
+            latencies.append(now - float(sent))
+        return web.Response(text="ok")
+
+    async def stats(request: web.Request) -> web.Response:
+        full = request.query.get("full") == "1"
+        body = {"count": len(received), "first": received[0] if received else None,
+                "last": received[-1] if received else None,
+                "latencies": latencies if full else []}
+        return web.json_response(body)
+
+    async def reset(request: web.Request) -> web.Response:
+        received.clear()
+        latencies.clear()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/fn", post)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/reset", reset)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None,
+                handle_signals=True)
+
+
+# --- the raw baseline consumer (its own process) -------------------------------------
+
+
+async def run_baseline(queue: str, function_url: str, prefetch: int) -> None:
+    """aio-pika consumer: post each message with aiohttp, ack after the response."""
+    connection = await aio_pika.connect(BROKER)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=prefetch)
+    source = await channel.get_queue(queue, ensure=True)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def handle(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        headers = {f"amqp-header-{k}": str(v) for k, v in (message.headers or {}).items()}
+        headers["ce-id"] = message.message_id or ""
+        async with session.post(function_url, data=message.body, headers=headers) as reply:
+            await reply.read()
+        await message.ack()
+
+    await source.consume(handle)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await connection.close()
+    await session.close()
+
+
+# --- the driver ----------------------------------------------------------------------
+
+
+class Function:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/fn"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Function:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--role", "function", "--port", str(self.port)])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+
+    async def call(self, method: str, path: str) -> Any:
+        async with aiohttp.ClientSession() as session, session.request(
+                method, f"http://127.0.0.1:{self.port}{path}") as reply:
+            return await reply.json() if method == "GET" else await reply.read()
+
+    async def wait_up(self) -> None:
+        for _ in range(100):
+            with contextlib.suppress(aiohttp.ClientError):
+                await self.call("GET", "/stats")
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError("function did not start")
+
+    async def wait_count(self, count: int, timeout: float, pid: int | None = None
+                         ) -> dict[str, Any]:
+        """Wait for ``count`` requests; with ``pid``, also the CPU seconds that process
+        used between the first request seen and the last (``cpu``)."""
+        deadline = time.monotonic() + timeout
+        cpu_start = None
+        while True:
+            stats = await self.call("GET", "/stats")
+            if pid is not None and cpu_start is None and stats["count"] > 0:
+                cpu_start, count_start = cpu_seconds(pid), stats["count"]
+            if stats["count"] >= count:
+                full: dict[str, Any] = await self.call("GET", "/stats?full=1")
+                if pid is not None and cpu_start is not None:
+                    used = cpu_seconds(pid) - cpu_start
+                    full["cpu_per_message_us"] = 1e6 * used / (count - count_start)
+                return full
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {stats['count']} of {count} delivered in {timeout}s")
+            await asyncio.sleep(0.05)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_contender(name: str, queue: str, function: Function, prefetch: int,
+                    workdir: Path) -> subprocess.Popen[bytes]:
+    if name == "baseline":
+        args = [sys.executable, __file__, "--role", "baseline", "--queue", queue,
+                "--function-url", function.url, "--prefetch", str(prefetch)]
+        return subprocess.Popen(args)
+    config = workdir / f"bridge-{queue}.yaml"
+    config.write_text(json.dumps({
+        "defaults": {"dead_letter": {"file": {"path": str(workdir / "dead-letters.jsonl")}}},
+        "functions": {"fn": {"url": function.url}},
+        "triggers": [{"name": "bench", "function": "fn", "concurrency": prefetch,
+                      "rabbitmq": {"url": BROKER, "queue": queue, "prefetch": prefetch}}],
+    }))
+    env = {**os.environ, "BRIDGE_ADMIN_PORT": str(free_port()), "BRIDGE_ADMIN_HOST": "127.0.0.1",
+           "BRIDGE_LOG_LEVEL": "warning"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "--config", str(config)], env=env, cwd=ROOT)
+
+
+async def publish(channel: aio_pika.abc.AbstractChannel, queue: str, count: int, size: int,
+                  rate: float | None = None) -> None:
+    body = os.urandom(size // 2).hex().encode()[:size]
+    batch = 500 if rate is None else 1
+    started = time.monotonic()
+    pending = []
+    for n in range(count):
+        if rate is not None:
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+        headers = {SENT_HEADER: repr(time.time())} if rate is not None else None
+        message = aio_pika.Message(body, headers=headers, message_id=f"{queue}-{n}")
+        pending.append(channel.default_exchange.publish(message, routing_key=queue))
+        if len(pending) >= batch:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
+
+
+async def fresh_queue(channel: aio_pika.abc.AbstractChannel, label: str) -> str:
+    queue = f"bench-{label}-{uuid.uuid4().hex[:8]}"
+    await channel.declare_queue(queue, auto_delete=False)
+    return queue
+
+
+async def throughput(name: str, args: argparse.Namespace, function: Function,
+                     channel: aio_pika.abc.AbstractChannel, workdir: Path) -> dict[str, float]:
+    """Drain a pre-published backlog; rate from first to last receipt at the function."""
+    queue = await fresh_queue(channel, name)
+    try:
+        await publish(channel, queue, args.messages, args.size)
+        await function.call("POST", "/reset")
+        process = start_contender(name, queue, function, args.prefetch, workdir)
+        try:
+            stats = await function.wait_count(args.messages, timeout=900, pid=process.pid)
+        finally:
+            process.terminate()
+            process.wait(30)
+    finally:
+        await channel.queue_delete(queue)
+    seconds = stats["last"] - stats["first"]
+    return {"per_second": (args.messages - 1) / seconds, "seconds": seconds,
+            "cpu_us": stats.get("cpu_per_message_us", float("nan"))}
+
+
+async def latency(name: str, args: argparse.Namespace, function: Function,
+                  channel: aio_pika.abc.AbstractChannel, workdir: Path) -> dict[str, float]:
+    """A steady rate into an idle consumer; latency = receipt - publish time."""
+    queue = await fresh_queue(channel, f"{name}-latency")
+    try:
+        await function.call("POST", "/reset")
+        process = start_contender(name, queue, function, args.prefetch, workdir)
+        try:
+            await asyncio.sleep(3.0)  # started and consuming
+            await publish(channel, queue, args.latency_messages, args.size, rate=args.rate)
+            stats = await function.wait_count(args.latency_messages, timeout=120)
+        finally:
+            process.terminate()
+            process.wait(30)
+    finally:
+        await channel.queue_delete(queue)
+    values = [1000 * v for v in stats["latencies"]]
+    return {"p50": percentile(values, 0.5), "p99": percentile(values, 0.99),
+            "max": max(values), "count": len(values)}
+
+
+async def drive(args: argparse.Namespace) -> None:
+    connection = await aio_pika.connect(BROKER)
+    channel = await connection.channel()
+    rates: dict[str, list[float]] = {"baseline": [], "bridge": []}
+    ratios: list[float] = []
+    lat: dict[str, dict[str, float]] = {}
+    with Function() as function, tempfile.TemporaryDirectory() as tmp:
+        await function.wait_up()
+        for round_ in range(args.rounds):
+            # Each round runs both back to back (alternating who goes first), so a round's
+            # ratio compares runs under about the same machine load.
+            order = ("baseline", "bridge") if round_ % 2 == 0 else ("bridge", "baseline")
+            run = {}
+            for name in order:
+                run[name] = await throughput(name, args, function, channel, Path(tmp))
+                rates[name].append(run[name]["per_second"])
+                emit(phase="throughput", round=round_, contender=name, messages=args.messages,
+                     size=args.size, prefetch=args.prefetch,
+                     seconds=round(run[name]["seconds"], 3),
+                     per_second=round(run[name]["per_second"], 1),
+                     cpu_per_message_us=round(run[name]["cpu_us"], 1))
+            ratios.append(run["bridge"]["per_second"] / run["baseline"]["per_second"])
+        for name in ("baseline", "bridge"):
+            lat[name] = await latency(name, args, function, channel, Path(tmp))
+            emit(phase="latency", contender=name, messages=int(lat[name]["count"]),
+                 rate=args.rate, p50_ms=round(lat[name]["p50"], 2),
+                 p99_ms=round(lat[name]["p99"], 2), max_ms=round(lat[name]["max"], 2))
+    await connection.close()
+    emit(phase="summary", messages=args.messages, size=args.size, prefetch=args.prefetch,
+         rounds=args.rounds, baseline_per_second=round(max(rates["baseline"]), 1),
+         bridge_per_second=round(max(rates["bridge"]), 1),
+         ratio=round(max(rates["bridge"]) / max(rates["baseline"]), 3),
+         ratio_per_round=[round(r, 3) for r in ratios], target=0.85,
+         added_latency_p50_ms=round(lat["bridge"]["p50"] - lat["baseline"]["p50"], 2),
+         added_latency_p99_ms=round(lat["bridge"]["p99"] - lat["baseline"]["p99"], 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--prefetch", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="throughput rounds per contender (best one is reported)")
+    parser.add_argument("--latency-messages", type=int, default=3000)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--role", choices=("driver", "function", "baseline"), default="driver")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--queue")
+    parser.add_argument("--function-url")
+    args = parser.parse_args()
+    if args.role == "function":
+        serve_function(args.port)
+    elif args.role == "baseline":
+        asyncio.run(run_baseline(args.queue, args.function_url, args.prefetch))
+    else:
+        asyncio.run(drive(args))
+
+
+if __name__ == "__main__":
+    main()
