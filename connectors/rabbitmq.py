@@ -641,10 +641,11 @@ class RabbitConnector:
         connection, channel = self._connection, self._channel
         if connection is None or channel is None or not connection.connected.is_set():
             return False
-        try:
-            return self._consumer_tag in channel.channel.consumers  # type: ignore[attr-defined]
+        try:  # the current aiormq channel (a new one after a reopen)
+            underlay: Any = channel.channel  # type: ignore[attr-defined]
         except Exception:
             return False
+        return not underlay.is_closed and self._consumer_tag in underlay.consumers
 
     @property
     def max_unsettled(self) -> int:
