@@ -888,14 +888,17 @@ def _describe_publish(err: BaseException) -> str:
 
 
 def dead_letter_message(record: DeadLetter) -> aio_pika.Message:
-    """The AMQP message for a dead letter: original body and headers, bridge-* headers,
-    CloudEvent attributes as ``cloudEvents:<name>`` application properties (AMQP binding),
-    persistent, ``message_id`` = the CloudEvent id (a redrive keeps the id)."""
+    """The AMQP message for a dead letter: original body and headers, bridge-* headers
+    (and ``bridge-key``: the original key), CloudEvent attributes as
+    ``cloudEvents:<name>`` application properties (AMQP binding), persistent,
+    ``message_id`` = the CloudEvent id (a redrive keeps the id)."""
     headers: dict[str, Any] = {}
     for name, value in record.headers:
         if name not in VOLATILE_HEADERS:
             headers[name] = _amqp_value(value)
     headers.update(record.bridge_headers())
+    if record.key is not None:  # Kafka record key / AMQP routing key, for a redrive
+        headers["bridge-key"] = _amqp_value(record.key)
     for attribute, text in record.cloudevent.items():
         if attribute != "datacontenttype":
             headers[f"{CE_PREFIXES[0]}{attribute}"] = text

@@ -6,6 +6,7 @@ broker) and runs the real daemon as a subprocess (``python -m bridge run``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -201,3 +202,34 @@ async def test_rabbitmq_sink_serves_a_cron_trigger_and_holds_unroutable_dead_let
     assert first.content_type == "application/json"
     assert json.loads(first.body) == {"n": 1}
     assert fn.calls
+
+
+async def test_key_ordering_by_header_keeps_per_key_order(tmp_path: Path) -> None:
+    in_flight: dict[str, int] = {}
+    overlap: list[str] = []
+
+    async def behaviour(call: Call, attempt: int) -> Reply:
+        key = call.headers["amqp-header-customer"]
+        in_flight[key] = in_flight.get(key, 0) + 1
+        if in_flight[key] > 1:
+            overlap.append(key)
+        await asyncio.sleep(0.01)
+        in_flight[key] -= 1
+        return Reply()
+
+    async with Broker() as broker, RecordingFunction(behaviour) as fn:
+        queue = await broker.queue()
+        for n in range(90):
+            await broker.publish(queue, str(n).encode(), headers={"customer": "abc"[n % 3]})
+        trigger = rabbit_trigger("ordered", queue, prefetch=30, ordering="key",
+                                 ordering_header="customer")
+        config = bridge_yaml(fn.url, [trigger], {"file": {"path": str(tmp_path / FILE_DL)}})
+        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+            await fn.wait_calls(90, timeout=30)
+            assert await bridge.terminate() == 0
+    assert overlap == [], "one message at a time per key"
+    for key in "abc":
+        sequence = [int(c.body) for c in fn.calls if c.headers["amqp-header-customer"] == key]
+        assert sequence == sorted(sequence)
+        assert len(sequence) == 30
+    assert fn.max_in_flight > 1, "different keys ran in parallel"

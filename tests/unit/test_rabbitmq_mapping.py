@@ -256,7 +256,16 @@ def test_dead_letter_message() -> None:
     assert headers["bridge-attempts"] == "1"
     assert headers["bridge-last-status"] == "422"
     assert headers["bridge-source"] == "jobs"
+    assert headers["bridge-key"] == "jobs.new"
     assert headers["cloudEvents:id"] == "e-1"
     assert headers["cloudEvents:amqproutingkey"] == "jobs.new"
     assert "cloudEvents:datacontenttype" not in headers, "it is the content-type property"
     assert message.properties.headers == headers  # encodable as an AMQP field table
+    binary_key = dead_letter_message(DeadLetter(
+        trigger="t", function="f", error="e", error_detail="", attempts=1, last_status=None,
+        source="s", body=b"", key=b"\x00\xff"))
+    assert binary_key.headers["bridge-key"] == bytearray(b"\x00\xff")
+    assert binary_key.headers["bridge-last-status"] == ""
+    assert "bridge-key" not in dead_letter_message(DeadLetter(
+        trigger="t", function="f", error="e", error_detail="", attempts=1, last_status=None,
+        source="s", body=b"")).headers
