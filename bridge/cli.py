@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -112,7 +113,14 @@ async def _serve(config: BridgeConfig, settings: Settings, path: str | None = No
     stop = stop_on_signals()
     runtime = Runtime(config, settings)
     wire(runtime, path)  # config reload (file, SIGHUP); Lease and Trigger resources if enabled
-    await runtime.serve(stop)
+    await runtime.start()
+    # Everything built at start-up (config, triggers, schedules) lives as long as the
+    # process: keep it out of every later GC pass (10,000 triggers: ~0.1 s per pass).
+    gc.freeze()
+    try:
+        await stop.wait()
+    finally:
+        await runtime.shutdown()
     return EXIT_OK
 
 

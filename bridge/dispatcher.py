@@ -76,18 +76,20 @@ class Dispatcher:
         self._open = 0
         self._lanes: dict[Hashable, deque[Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = asyncio.Event()
+        self._stopping = False
+        self._stop_event: asyncio.Event | None = None  # created by the first backoff wait
         name, function = trigger.name, trigger.function_name
-        m = parts.metrics
-        self._m_received = m.events_received.labels(name)
-        self._m_unsettled = m.unsettled.labels(name)
-        self._m_in_flight = m.in_flight.labels(name, function)
-        self._m_duration = m.invocation_duration.labels(name, function)
-        self._m_outcome = {v: m.invocations.labels(name, function, v.value) for v in Verdict}
-        self._m_retries = m.retries.labels(name, function)
-        self._m_overflow = m.overflow_invocations.labels(name, function)
-        self._m_settled = {d: m.settled.labels(name, d.value) for d in Disposition}
-        self._log = parts.log.bind(trigger=name, function=function)
+        self._stats = parts.metrics.trigger(name, function)
+        self._bound_log: Logger | None = None
+
+    @property
+    def _log(self) -> Logger:
+        """Bound on first use: most triggers never log, and 10,000 bindings add up."""
+        if self._bound_log is None:
+            self._bound_log = self._parts.log.bind(
+                trigger=self.trigger.name, function=self.trigger.function_name
+            )
+        return self._bound_log
 
     @property
     def unsettled(self) -> int:
@@ -98,8 +100,8 @@ class Dispatcher:
         """Accept an event; waits while ``max_unsettled`` events are open."""
         await self._admission.acquire()
         self._open += 1
-        self._m_received.inc()
-        self._m_unsettled.inc()
+        self._stats.received += 1
+        self._stats.unsettled += 1
         lane = self._lane_of(event)
         if lane is None:
             self._spawn(self._process(event), event)
@@ -128,11 +130,12 @@ class Dispatcher:
     async def _run_lane(self, lane: Hashable) -> None:
         queue = self._lanes[lane]
         try:
-            while queue and not self._stopping.is_set():
-                await self._process(queue[0])
-                queue.popleft()
+            while queue and not self._stopping:
+                await self._process(queue.popleft())
         finally:
             self._lanes.pop(lane, None)
+            for _ in queue:  # never started; left unsettled for the source to redeliver
+                self._release()
 
     async def _process(self, event: Event) -> None:
         try:
@@ -145,11 +148,14 @@ class Dispatcher:
                 current.uncancel()
             await self._settle(event, Disposition.ABANDONED)
         except Draining:
-            self._log.info("left unsettled for redelivery", event_id=event.id)
+            self._log.debug("left unsettled for redelivery", event_id=event.id)
         finally:
-            self._open -= 1
-            self._admission.release()
-            self._m_unsettled.dec()
+            self._release()
+
+    def _release(self) -> None:
+        self._open -= 1
+        self._admission.release()
+        self._stats.unsettled -= 1
 
     async def _deliver(self, event: Event) -> None:
         if event.defect is not None:
@@ -170,7 +176,7 @@ class Dispatcher:
         while True:
             attempt += 1
             async with self._slots:
-                if attempt == 1 and self._stopping.is_set():
+                if attempt == 1 and self._stopping:
                     raise Draining
                 if attempt == 1 and _past(event.not_after):
                     self._log.warning("missed starting deadline", event_id=event.id)
@@ -178,7 +184,7 @@ class Dispatcher:
                 outcome = await self._attempt(event, attempt)
             if outcome.verdict is not Verdict.RETRYABLE or attempt >= self._policy.max_attempts:
                 return outcome, attempt
-            self._m_retries.inc()
+            self._stats.retries += 1
             delay = backoff(self._policy, attempt, outcome.retry_after)
             self._log.warning(
                 "invocation failed, will retry",
@@ -188,17 +194,16 @@ class Dispatcher:
             await self._sleep(delay)
 
     async def _attempt(self, event: Event, attempt: int) -> Outcome:
-        self._m_in_flight.inc()
+        self._stats.in_flight += 1
         try:
             outcome = await self._parts.invoker.invoke(
                 self._parts.target, event, attempt, self.trigger.timeout, self._retryable
             )
         finally:
-            self._m_in_flight.dec()
-        self._m_outcome[outcome.verdict].inc()
-        self._m_duration.observe(outcome.duration)
+            self._stats.in_flight -= 1
+        self._stats.outcome(outcome.verdict.value, outcome.duration)
         if outcome.overflow:
-            self._m_overflow.inc()
+            self._stats.overflow += 1
         self._log.debug(
             "invoked", event_id=event.id, attempt=attempt, status=outcome.status,
             outcome=outcome.reason, duration=round(outcome.duration, 4), overflow=outcome.overflow,
@@ -214,16 +219,14 @@ class Dispatcher:
                 break
             except Exception as err:
                 failures += 1
-                self._parts.metrics.dead_letter_failures.labels(self.trigger.name).inc()
+                self._stats.dead_letter_failures += 1
                 delay = backoff(_SINK_RETRY, failures)
                 self._log.error(
                     "dead-letter write failed; event stays unsettled",
                     event_id=event.id, error=str(err)[:300], retry_in=round(delay, 3),
                 )
                 await self._sleep(delay)
-        self._parts.metrics.dead_letters.labels(
-            self.trigger.name, self.trigger.function_name, outcome.reason
-        ).inc()
+        self._stats.dead_letter(outcome.reason)
         self._log.error(
             "dead-lettered", event_id=event.id, attempts=attempts, status=outcome.status,
             reason=outcome.reason, detail=outcome.detail[:200],
@@ -236,14 +239,17 @@ class Dispatcher:
         except Exception as err:
             self._log.warning("settle failed", event_id=event.id, error=str(err)[:300])
             return
-        self._m_settled[disposition].inc()
+        self._stats.settle(disposition.value)
 
     async def _sleep(self, delay: float) -> None:
-        if self._stopping.is_set():
+        """Back off for ``delay``; raise Draining as soon as the dispatcher stops."""
+        if self._stopping:
             raise Draining
+        if self._stop_event is None:
+            self._stop_event = asyncio.Event()
         try:
             async with asyncio.timeout(delay):
-                await self._stopping.wait()
+                await self._stop_event.wait()
         except TimeoutError:
             return
         raise Draining
@@ -254,7 +260,9 @@ class Dispatcher:
         Returns True when everything finished in time. Events whose work was cancelled
         stay unsettled (the source redelivers them).
         """
-        self._stopping.set()
+        self._stopping = True
+        if self._stop_event is not None:
+            self._stop_event.set()
         deadline = time.monotonic() + timeout
         while self._tasks:
             remaining = deadline - time.monotonic()

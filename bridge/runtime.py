@@ -87,14 +87,6 @@ class Runtime:
 
     # --- lifecycle ------------------------------------------------------------------
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then drain and close everything."""
-        await self.start()
-        try:
-            await stop.wait()
-        finally:
-            await self.shutdown()
-
     async def start(self) -> None:
         self._session = Invoker.session()
         self._invoker = Invoker(self._session)
@@ -134,7 +126,7 @@ class Runtime:
     def readiness(self) -> Mapping[str, bool]:
         ready = {name: unit.connector.ready for name, unit in self.units.items()}
         for name, value in ready.items():
-            self.metrics.connector_ready.labels(name).set(1 if value else 0)
+            self.metrics.trigger(name).ready = value
         ready.update({name: probe() for name, probe in self.probes.items()})
         for name, target in self._targets.items():
             pool_ready = getattr(target.pool, "ready", None)

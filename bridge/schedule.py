@@ -36,6 +36,7 @@ Refinements over robfig/cron:
 
 from __future__ import annotations
 
+import functools
 import re
 from bisect import bisect_left
 from calendar import isleap
@@ -423,6 +424,11 @@ class Schedule:
         return float(matcher.seconds) if isinstance(matcher, _Every) else None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_schedule(expression: str, time_zone: str = "UTC") -> Schedule:
-    """Parse and validate a schedule; raise ScheduleError with a short reason if invalid."""
+    """Parse and validate a schedule; raise ScheduleError with a short reason if invalid.
+
+    Schedules are immutable, so equal expressions share one parsed object (config
+    validation and the cron connector both parse; many triggers share expressions).
+    """
     return Schedule(expression, time_zone)

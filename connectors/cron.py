@@ -41,6 +41,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from bridge.config import CronSource, ResolvedTrigger
 from bridge.events import Disposition, Event, format_time
+from bridge.logs import Logger
 from bridge.schedule import Schedule, parse_schedule
 from connectors.base import ConnectorContext
 
@@ -138,23 +139,22 @@ class CronConnector:
         self._schedule = parse_schedule(source.schedule, source.time_zone)
         deadline = source.starting_deadline
         self._deadline = None if deadline is None else timedelta(seconds=deadline)
-        self._body = b"" if source.data is None else json.dumps(source.data).encode()
+        self._body = encode_data(source.data, source.content_type)
         self._context = context
         self._clock = context.shared(CronClock, CronClock)
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._mailbox = _Mailbox()
         self._active: set[Event] = set()
-        self._replaced: set[Event] = set()
         self._last_fired: datetime | None = None
         self._started = False
-        self._log = context.log.bind(trigger=self._name)
-        metrics = context.metrics
-        self._m_lag = metrics.cron_fire_lag.labels(self._name)
-        self._m_replaced = metrics.cron_replaced.labels(self._name)
-        self._m_skipped = {
-            reason: metrics.cron_skipped.labels(self._name, reason)
-            for reason in ("missed_deadline", "forbid", "not_leader")
-        }
+        self._stats = context.metrics.trigger(self._name, trigger.function_name)
+        self._bound_log: Logger | None = None
         context.leadership.on_change(self._on_leadership)
+
+    @property
+    def _log(self) -> Logger:
+        if self._bound_log is None:
+            self._bound_log = self._context.log.bind(trigger=self._name)
+        return self._bound_log
 
     @property
     def ready(self) -> bool:
@@ -181,7 +181,7 @@ class CronConnector:
 
     async def events(self) -> AsyncIterator[Event]:
         while True:
-            yield await self._queue.get()
+            yield await self._mailbox.get()
 
     def _catch_up(self, now: datetime) -> datetime | None:
         """The latest tick in (now - starting_deadline, now], if any and not yet fired."""
@@ -238,7 +238,7 @@ class CronConnector:
     def _fire(self, scheduled: datetime) -> None:
         now = datetime.now(UTC)
         if not self._context.leadership.is_leader:
-            self._m_skipped["not_leader"].inc()
+            self._stats.skip("not_leader")
             return
         if self._last_fired is not None and scheduled <= self._last_fired:
             return  # already fired (a catch-up ran it before the clock's own tick)
@@ -253,18 +253,17 @@ class CronConnector:
         event = self._event(scheduled)
         self._active.add(event)
         self._last_fired = scheduled
-        self._m_lag.observe(max(0.0, (now - scheduled).total_seconds()))
-        self._queue.put_nowait(event)
+        self._stats.fire_lag(max(0.0, (now - scheduled).total_seconds()))
+        self._mailbox.put(event)
 
     def _skip(self, reason: str, scheduled: datetime) -> None:
-        self._m_skipped[reason].inc()
+        self._stats.skip(reason)
         self._log.warning("cron tick skipped", reason=reason, scheduled=format_time(scheduled))
 
     def _replace_running(self) -> None:
         for running in list(self._active):
             if running.cancel():
-                self._replaced.add(running)
-                self._m_replaced.inc()
+                self._stats.cron_replaced += 1
                 self._log.info("cron run replaced", event_id=running.id)
 
     def _event(self, scheduled: datetime) -> Event:
@@ -285,7 +284,47 @@ class CronConnector:
 
     async def _settle(self, event: Event, disposition: Disposition) -> None:
         self._active.discard(event)
-        replaced = event in self._replaced
-        self._replaced.discard(event)
-        if disposition is Disposition.ABANDONED and not replaced:
-            self._m_skipped["missed_deadline"].inc()
+        if disposition is Disposition.ABANDONED and not event.abandoned:
+            self._stats.skip("missed_deadline")  # the dispatcher could not start it in time
+
+
+def encode_data(data: Any, content_type: str) -> bytes:
+    """The body for ``data``: a string is sent as-is unless the type is JSON."""
+    if data is None:
+        return b""
+    if isinstance(data, str) and not _is_json(content_type):
+        return data.encode()
+    return json.dumps(data).encode()
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+class _Mailbox:
+    """A minimal unbounded queue: a list and one waiter.
+
+    An ``asyncio.Queue`` costs ~2 KB; with one per cron trigger and 10,000 triggers
+    that is memory for nothing. Only one consumer (the trigger's pump) ever waits.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Event] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Event) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Event:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)

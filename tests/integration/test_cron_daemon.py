@@ -12,7 +12,7 @@ from pathlib import Path
 from cloudevents.http import from_http
 
 from tests.support.daemon import BridgeProcess
-from tests.support.functions import Call, Reply, RecordingFunction, always
+from tests.support.functions import Call, RecordingFunction, Reply, always
 
 
 def config(
@@ -157,7 +157,7 @@ async def test_replace_cancels_the_running_invocation(tmp_path: Path) -> None:
 async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
     """Poll ``condition`` (e.g. a metric read) until it holds, or fail."""
     async with asyncio.timeout(timeout):
-        while not await asyncio.to_thread(condition):
+        while not await asyncio.to_thread(condition):  # noqa: ASYNC110 - polls over HTTP
             await asyncio.sleep(0.2)
 
 

@@ -178,7 +178,10 @@ async def test_overflow_takes_peaks_and_stops_when_capacity_returns(kube: Harnes
         await wait_until(lambda: len(kube.settled) == 6, timeout=5)
         assert len(pod.calls) == 2
         assert len(spill.calls) == 4
-        assert kube.context.metrics.overflow_invocations.labels("stream", "fn")._value.get() == 4
+        overflow = kube.context.metrics.value(
+            "bridge_overflow_invocations_total", trigger="stream", function="fn"
+        )
+        assert overflow == 4
 
         for n in range(6, 8):  # capacity is back: no overflow
             await dispatcher.submit(kube.event(n))

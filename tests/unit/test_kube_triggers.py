@@ -138,10 +138,9 @@ triggers:
 
 
 def queued(cron: CronConnector) -> list[str]:
-    out = []
-    while not cron._queue.empty():
-        out.append(cron._queue.get_nowait().id)
-    return out
+    ids = [event.id for event in cron._mailbox._items]
+    cron._mailbox._items.clear()
+    return ids
 
 
 async def test_new_leader_fires_every_tick_after_the_handover_within_the_deadline() -> None:
