@@ -51,8 +51,8 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
             await broker.publish_many(queue, [b"after-1", b"after-2"])
             await fn.wait_for(lambda: {b"after-1", b"after-2"} <= {c.body for c in fn.calls})
             await eventually(lambda: bridge.get_status("/readyz") == 200, what="ready again")
-            assert bridge.metric("bridge_rabbitmq_connection_losses_total") == 1
-            assert bridge.metric("bridge_rabbitmq_reconnects_total") == 1
+            assert bridge.metric("bridge_rabbitmq_connection_losses_total") >= 1
+            assert bridge.metric("bridge_rabbitmq_reconnects_total") >= 1
             assert await bridge.terminate() == 0
         assert await broker.count(queue) == 0
     assert stopped_at < len(bodies), "the broker went down mid-stream"
