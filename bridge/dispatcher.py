@@ -150,6 +150,7 @@ class Dispatcher:
         except Draining:
             self._log.debug("left unsettled for redelivery", event_id=event.id)
         finally:
+            event.attach(None)
             self._release()
 
     def _release(self) -> None:

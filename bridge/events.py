@@ -79,8 +79,8 @@ class Event:
         await self.settler(self, disposition)
         self._settled = disposition
 
-    def attach(self, task: asyncio.Task[None]) -> None:
-        """Called by the dispatcher with the task that processes this event."""
+    def attach(self, task: asyncio.Task[None] | None) -> None:
+        """Called by the dispatcher with the task that processes this event (None: done)."""
         self._task = task
 
     @property

@@ -177,24 +177,24 @@ class Runtime:
 
     async def _pump(self, unit: Unit) -> None:
         """connector -> dispatcher, restarting the connector with backoff when it fails."""
-        log = self.log.bind(trigger=unit.trigger.name)
         while True:
             try:
                 await unit.connector.start()
                 unit.failures = 0
                 async for event in unit.connector.events():
                     await unit.dispatcher.submit(event)
-                log.warning("source ended; restarting")
+                    del event  # do not keep the last event alive until the next one
+                self.log.warning("source ended; restarting", trigger=unit.trigger.name)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
                 unit.failures += 1
                 delay = backoff(_RESTART, unit.failures)
-                log.error(
-                    "source failed", error=_describe(err), attempt=unit.failures,
-                    retry_in=round(delay, 2),
+                self.log.error(
+                    "source failed", trigger=unit.trigger.name, error=_describe(err),
+                    attempt=unit.failures, retry_in=round(delay, 2),
                 )
-                await _close_quietly(unit.connector, log, method="stop")
+                await _close_quietly(unit.connector, self.log, method="stop")
                 await asyncio.sleep(delay)
 
     async def _stop_intake(self, units: list[Unit]) -> None:
