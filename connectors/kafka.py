@@ -130,6 +130,28 @@ def describe_failure(err: BaseException, connection: KafkaConnection) -> str:
     return f"cannot connect to Kafka brokers {servers}: {type(err).__name__}: {err}"
 
 
+async def connect_failure(err: BaseException, connection: KafkaConnection) -> str:
+    """:func:`describe_failure`, plus the TLS cause aiokafka hides behind "Unable to
+    bootstrap" (it only logs it): one handshake with the first server tells it."""
+    text = describe_failure(err, connection)
+    if not (
+        isinstance(err, kafka_errors.KafkaConnectionError)
+        and connection.security_protocol.endswith("SSL")
+    ):
+        return text
+    host, _, port = connection.bootstrap_servers[0].rpartition(":")
+    try:
+        context = ssl_context(connection.tls or TlsConfig())
+        async with asyncio.timeout(5):
+            _, writer = await asyncio.open_connection(host, int(port), ssl=context)
+        writer.close()
+    except ssl.SSLError as tls_err:
+        return f"TLS handshake with {host}:{port} failed: {tls_err}"
+    except (OSError, TimeoutError, ValueError, KafkaSourceError):
+        return text
+    return text
+
+
 # --- the source ----------------------------------------------------------------------
 
 
@@ -224,7 +246,7 @@ class KafkaConnector:
         except BaseException as err:
             await _close_client(consumer, self._log)
             if isinstance(err, Exception):
-                raise KafkaSourceError(describe_failure(err, source)) from None
+                raise KafkaSourceError(await connect_failure(err, source)) from None
             raise
         consumer.subscribe(topics=list(source.topics), listener=_Rebalance(self))
         self._consumer = consumer
@@ -539,7 +561,8 @@ class KafkaSink:
             except BaseException as err:
                 await _close_client(producer, self._log)
                 if isinstance(err, Exception):
-                    raise KafkaSourceError(describe_failure(err, self._connection)) from None
+                    message = await connect_failure(err, self._connection)
+                    raise KafkaSourceError(message) from None
                 raise
             self._producer = producer
 
