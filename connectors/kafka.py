@@ -391,7 +391,12 @@ class KafkaConnector:
             return True
 
     async def _probe(self, consumer: AIOKafkaConsumer) -> None:
-        """Check the brokers answer (feeds ``ready``) and update the lag gauges."""
+        """Check the brokers answer (feeds ``ready``) and update the lag gauges.
+
+        Lag = end of the partition - the first offset not yet settled: records fetched
+        but still in flight count as lag until they are settled (what a restart would
+        redeliver, plus what is not fetched yet).
+        """
         states = dict(self._states)
         try:
             async with asyncio.timeout(_REQUEST_TIMEOUT / 2):
@@ -412,9 +417,12 @@ class KafkaConnector:
             point = state.commit_point()
             if point is None:
                 point = await _known_position(consumer, tp)
-            if point is not None and tp in ends:
+            # The larger of ListOffsets and the last fetch's high watermark: Tansu 0.6
+            # answers ListOffsets(latest) too low for partitions written in batches.
+            end = max(ends.get(tp) or 0, consumer.highwater(tp) or 0)
+            if point is not None:
                 self._m_lag.labels(self._name, tp.topic, str(tp.partition)).set(
-                    max(0, ends[tp] - point)
+                    max(0, end - point)
                 )
                 self._lag_series.add(tp)
 

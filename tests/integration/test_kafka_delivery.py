@@ -36,11 +36,22 @@ async def test_every_record_reaches_the_function_exactly_once(kafka_broker: Kafk
     async with RecordingFunction() as fn:
         config = bridge_config(kafka_broker, topic, fn.url, ordering="none")
         async with running_bridge(config) as runtime:
+            runtime.units["orders"].connector.probe_interval = 0.2  # type: ignore[attr-defined]
             await ready(runtime)
             await fn.wait_calls(300)
             await asyncio.sleep(0.5)  # nothing more arrives
             await wait_until(lambda: metric(runtime, "bridge_kafka_commits_total") > 0)
             assert metric(runtime, "bridge_events_received_total") == 300
+            assert metric(runtime, "bridge_kafka_assigned_partitions") == 3
+
+            def lags() -> list[float]:
+                return [metric(runtime, "bridge_kafka_consumer_lag", topic=topic, partition=str(p))
+                        for p in range(3)]
+
+            await wait_until(lambda: lags() == [0.0, 0.0, 0.0], what="lag 0 on every partition")
+            samples = runtime.metrics.registry.get_sample_value  # the series exist, not defaults
+            assert samples("bridge_kafka_consumer_lag",
+                           {"trigger": "orders", "topic": topic, "partition": "2"}) == 0.0
     ids = fn.ids()
     assert len(ids) == 300
     assert len(set(ids)) == 300
@@ -242,15 +253,25 @@ async def test_backpressure_pauses_fetching_at_max_unsettled(kafka_broker: Kafka
         async with running_bridge(config) as runtime:
             connector = runtime.units["orders"].connector
             connector.keepalive_interval = 0.2  # type: ignore[attr-defined]
+            connector.probe_interval = 0.2  # type: ignore[attr-defined]
             await ready(runtime)
             await wait_until(lambda: fn.in_flight == 5, what="5 invocations in flight")
             await wait_until(lambda: metric(runtime, "bridge_source_paused") == 1)
+
+            def lag() -> float:
+                return sum(
+                    metric(runtime, "bridge_kafka_consumer_lag", topic=topic, partition=str(p))
+                    for p in range(2)
+                )
+
+            await wait_until(lambda: lag() == 40, what="lag = every record (none settled)")
             await asyncio.sleep(1.0)
             assert fn.in_flight == 5  # no more taken while full
             assert metric(runtime, "bridge_events_received_total") == 5
             gate.set()
             await fn.wait_calls(40)
             await wait_until(lambda: metric(runtime, "bridge_source_paused") == 0)
+            await wait_until(lambda: lag() == 0, what="lag back to 0")
             assert metric(runtime, "bridge_kafka_rebalances_total") == 1  # never left the group
     assert fn.max_in_flight == 5
     assert len(set(fn.ids())) == 40
