@@ -842,10 +842,22 @@ def _kafka_sink_problems(
     own = trigger.dead_letter is not None
     dead_letter = trigger.dead_letter or config.defaults.dead_letter
     sink = None if dead_letter is None else dead_letter.kafka
-    if sink is None or sink.bootstrap_servers is not None or trigger.kind == "kafka":
+    if sink is None or sink.bootstrap_servers is not None:
         return
     where = f"triggers[{index}].dead_letter" if own else "defaults.dead_letter"
     suffix = "" if own else f" (inherited by trigger {trigger.name!r})"
+    if trigger.kafka is not None:
+        source = trigger.kafka
+        problem = _kafka_security_problem(
+            sink.security_protocol or source.security_protocol,
+            sink.sasl or source.sasl,
+            sink.tls or source.tls,
+        )
+        if problem:
+            yield ConfigProblem(
+                f"{where}.kafka", f"with the trigger's connection settings: {problem}{suffix}"
+            )
+        return
     yield ConfigProblem(
         f"{where}.kafka.bootstrap_servers",
         f"required for a {trigger.kind} trigger: only a kafka trigger has a Kafka "

@@ -157,3 +157,22 @@ def test_client_options_carry_security_without_logging_it() -> None:
 def test_missing_tls_file_is_a_clear_error() -> None:
     with pytest.raises(KafkaSourceError, match="cannot load TLS files"):
         ssl_context(TlsConfig(ca_file="/nonexistent/ca.pem"))
+
+
+def test_sink_override_that_breaks_the_borrowed_connection_is_refused() -> None:
+    found = problems("""
+triggers:
+  - name: a
+    function: f
+    dead_letter: {kafka: {topic: dlq, security_protocol: PLAINTEXT}}
+    kafka:
+      bootstrap_servers: k:9092
+      topics: [t]
+      group_id: g
+      security_protocol: SASL_SSL
+      sasl: {username: u, password: p}
+""")
+    assert found == [
+        "triggers[0].dead_letter.kafka: with the trigger's connection settings: "
+        "'sasl' needs security_protocol SASL_PLAINTEXT or SASL_SSL, not PLAINTEXT"
+    ]
