@@ -10,7 +10,7 @@ invocation goes to the overflow URL instead of waiting.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import operator
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -39,11 +39,17 @@ class Pool(Protocol):
 
 
 class BalancedPool:
-    """Fewest-outstanding balancing over a mutable endpoint set; ties rotate."""
+    """Fewest-outstanding balancing over a mutable endpoint set; ties rotate.
+
+    ``pick`` runs on every attempt, so it scans only the ready endpoints (kept as a
+    list when the set changes) and lets ``min`` do the scan in C: a rotated copy makes
+    ``min``'s first-minimum rule spread ties evenly.
+    """
 
     def __init__(self, urls: Sequence[str] = ()) -> None:
         self._endpoints: list[Endpoint] = [Endpoint(u) for u in urls]
-        self._rotation = itertools.count()
+        self._ready = list(self._endpoints)
+        self._turn = 0
         self._changed = asyncio.Event()
 
     @property
@@ -51,21 +57,15 @@ class BalancedPool:
         return list(self._endpoints)
 
     def pick(self) -> Endpoint | None:
-        endpoints = self._endpoints
-        if len(endpoints) == 1:
-            only = endpoints[0]
-            return only if only.ready else None
-        best: Endpoint | None = None
-        start = next(self._rotation)
-        count = len(endpoints)
-        for i in range(count):
-            candidate = endpoints[(start + i) % count]
-            if candidate.ready and (best is None or candidate.outstanding < best.outstanding):
-                best = candidate
-        return best
+        ready = self._ready
+        count = len(ready)
+        if count <= 1:
+            return ready[0] if ready else None
+        self._turn = start = (self._turn + 1) % count
+        return min(ready[start:] + ready[:start], key=_outstanding)
 
     async def wait_ready(self) -> None:
-        while not any(e.ready for e in self._endpoints):
+        while not self._ready:
             self._changed.clear()
             await self._changed.wait()
 
@@ -78,7 +78,11 @@ class BalancedPool:
             endpoint.ready = ready
             updated.append(endpoint)
         self._endpoints = updated
+        self._ready = [e for e in updated if e.ready]
         self._changed.set()
+
+
+_outstanding = operator.attrgetter("outstanding")
 
 
 @dataclass(frozen=True, slots=True)
