@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import socket
 import struct
@@ -489,6 +490,11 @@ class Prober:
             worst = took if worst is None else max(worst, took)
         return worst
 
+    def _max_gap(self) -> float:
+        """The longest time between two consecutive deliveries (the worst stall)."""
+        times = sorted(a.at for a in self.fn.arrivals if a.delivered)
+        return round(max((b - a for a, b in itertools.pairwise(times)), default=0.0), 3)
+
     async def report(
         self, dead: DeadLetters | None = None, *, duplicate_bound: int = 0,
         publish: bool = True, **extra: Any,
@@ -513,7 +519,8 @@ class Prober:
             missing=len(missing), duplicated=duplicated, dead_lettered=len(dead_ids),
             unexpected=len(unexpected), recovery_s=self._recovery(entries),
             duplicate_bound=duplicate_bound,
-            extra={"attempts": len(self.fn.arrivals), "faults": len(self.faults), **extra},
+            extra={"attempts": len(self.fn.arrivals), "faults": len(self.faults),
+                   "max_gap_s": self._max_gap(), **extra},
             missing_ids=missing, unexpected_ids=unexpected, dead_ids=dead_ids,
             both_ids=delivered_ids & dead_ids,
         )
@@ -631,7 +638,7 @@ def kafka_source(bootstrap: str, topic: str, **options: Any) -> dict[str, Any]:
     """A Kafka source with short group timings (rebalances take seconds, not minutes)."""
     source = {
         "bootstrap_servers": bootstrap, "topics": [topic], "group_id": f"g-{topic}",
-        "ordering": "key", "session_timeout": "6s", "heartbeat_interval": "300ms",
-        "commit_interval": "200ms", "revoke_timeout": "2s", **options,
+        "ordering": "key", "session_timeout": "3s", "heartbeat_interval": "300ms",
+        "commit_interval": "200ms", "revoke_timeout": "1500ms", **options,
     }
     return {"kafka": source}

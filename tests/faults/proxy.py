@@ -88,13 +88,13 @@ class FaultProxy:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        self._flowing.set()
         for link in list(self._links):
             self._close(link, rst=False)
-        tasks = [*self._handlers, *(t for link in self._links for t in link.tasks)]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._links.clear()
+        # The handlers end by themselves once their links are closed (asyncio owns
+        # those tasks and reports a cancelled one as an error, so they are not cancelled).
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=5)
         if server is not None:
             await server.wait_closed()
 
@@ -151,8 +151,9 @@ class FaultProxy:
         if link not in self._links:
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
+            async with asyncio.timeout(5):
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except (OSError, TimeoutError):
             self._close(link, rst=True)
             return
         link.upstream = up_writer

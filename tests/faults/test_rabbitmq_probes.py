@@ -1,0 +1,183 @@
+"""RabbitMQ under faults, every message accounted for by the prober.
+
+SIGKILL of the bridge three times mid-stream, SIGTERM under load (a rolling update),
+a broker restart mid-stream (``rabbitmqctl stop_app``/``start_app``), and a poison
+message among healthy ones. Real broker, the daemon as a subprocess through its CLI.
+
+Duplicate bound: RabbitMQ redelivers exactly the deliveries that were unacked when the
+consumer went away, and the broker never lets more than ``prefetch`` be unacked, so a
+settled delivery whose ack had not reached the broker is already inside that number:
+the bound is ``prefetch`` per fault (``uncommitted_s=0``). A SIGTERM drains and acks:
+no duplicate at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.prober import (
+    Answer,
+    FileDeadLetters,
+    Prober,
+    RabbitDeadLetters,
+    RabbitSender,
+    Request,
+    daemon_config,
+    healthy,
+)
+from tests.support.daemon import BridgeProcess
+from tests.support.rabbitmq import BROKER_URL, Broker, eventually, rabbitmqctl
+
+pytestmark = pytest.mark.faults
+
+
+@contextlib.asynccontextmanager
+async def broker_outage(probe: Prober) -> AsyncIterator[None]:
+    """``stop_app`` for the block, then ``start_app`` (always, in ``finally``); the fault
+    ends when the AMQP port accepts connections again (``start_app`` itself returns
+    later than that)."""
+    try:
+        await asyncio.to_thread(rabbitmqctl, "stop_app")
+        yield
+    finally:
+        starting = asyncio.create_task(asyncio.to_thread(rabbitmqctl, "start_app"))
+        try:
+            while not await asyncio.to_thread(_accepts, 5672):
+                if starting.done():
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            probe.fault_ended()
+            await starting
+            await asyncio.to_thread(rabbitmqctl, "await_startup")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def rabbit(queue: str, prefetch: int) -> dict[str, object]:
+    return {"rabbitmq": {"url": BROKER_URL, "queue": queue, "prefetch": prefetch}}
+
+
+def file_sink(tmp_path: Path) -> dict[str, object]:
+    return {"file": {"path": str(tmp_path / "dead-letters.jsonl")}}
+
+
+async def test_sigkill_three_times_mid_stream(tmp_path: Path) -> None:
+    prefetch = 20
+    async with Broker() as broker, Prober("rabbitmq: SIGKILL x3", healthy(0.01)) as probe:
+        queue = await broker.queue()
+        await RabbitSender(probe, broker, queue).send(450)
+        config = daemon_config(probe.fn.url, rabbit(queue, prefetch), file_sink(tmp_path))
+        for _ in range(3):
+            if probe.faults:
+                probe.fault_ended()  # recovery counts from the start of the new process
+            async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+                await probe.wait_deliveries(len(probe.fn.delivered_ids()) + 80)
+                probe.fault_began("sigkill")
+                await bridge.kill()
+            assert len(probe.fn.delivered_ids()) < len(probe.sent), "killed mid-stream"
+        probe.fault_ended()
+        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
+            await probe.wait_handled(dead, timeout=60)
+            assert await bridge.terminate() == 0
+        assert await broker.count(queue) == 0
+        bound = probe.duplicate_bound(in_flight=prefetch, uncommitted_s=0)
+        report = await probe.report(dead, duplicate_bound=bound)
+    report.check()
+
+
+async def test_sigterm_under_load_drains_and_duplicates_nothing(tmp_path: Path) -> None:
+    async with Broker() as broker, Prober("rabbitmq: SIGTERM under load", healthy(0.05)) as probe:
+        queue = await broker.queue()
+        await RabbitSender(probe, broker, queue).send(300)
+        config = daemon_config(probe.fn.url, rabbit(queue, 40), file_sink(tmp_path))
+        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+            await probe.wait_deliveries(80)
+            assert probe.fn.in_flight > 0, "under load"
+            probe.fault_began("sigterm")
+            started = time.monotonic()
+            assert await bridge.terminate() == 0
+            drain_s = round(time.monotonic() - started, 3)
+        left = len(probe.sent) - len(probe.fn.delivered_ids())
+        assert left > 0, "stopped mid-stream"
+        probe.fault_ended()
+        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
+            await probe.wait_handled(dead, timeout=60)
+            assert await bridge.terminate() == 0
+        assert await broker.count(queue) == 0
+        report = await probe.report(dead, duplicate_bound=0, drain_s=drain_s)
+    report.check()
+
+
+@pytest.mark.broker_restart
+async def test_broker_restart_mid_stream(tmp_path: Path) -> None:
+    prefetch = 10
+    async with Broker() as broker, Prober("rabbitmq: broker restart", healthy(0.05)) as probe:
+        queue = await broker.queue(durable=True)
+        await RabbitSender(probe, broker, queue).send(300)
+        config = daemon_config(probe.fn.url, rabbit(queue, prefetch), file_sink(tmp_path),
+                               concurrency=4)
+        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+            await probe.wait_deliveries(60)
+            mark = probe.fault_began("rabbitmqctl stop_app")
+            async with broker_outage(probe):
+                await eventually(lambda: bridge.get_status("/readyz") == 503, timeout=10,
+                                 what="readiness to drop while the broker is down")
+            assert mark.ended is not None
+            outage_s = round(mark.ended - mark.began, 3)
+            assert len(probe.fn.delivered_ids()) < len(probe.sent), "restarted mid-stream"
+            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
+            await probe.wait_handled(dead, timeout=60)
+            await eventually(lambda: bridge.get_status("/readyz") == 200, what="ready again")
+            assert bridge.metric("bridge_rabbitmq_reconnects_total") >= 1
+            assert await bridge.terminate() == 0
+        assert await broker.count(queue) == 0
+        bound = probe.duplicate_bound(in_flight=prefetch, uncommitted_s=0)
+        report = await probe.report(dead, duplicate_bound=bound, outage_s=outage_s)
+    report.check()
+
+
+async def test_poison_message_is_dead_lettered_while_the_others_flow(tmp_path: Path) -> None:
+    attempts = 4
+
+    def behaviour(request: Request, attempt: int) -> Answer:
+        return Answer(status=500) if request.tag == "poison" else Answer(delay=0.01)
+
+    async with Broker() as broker, Prober("rabbitmq: poison message", behaviour) as probe:
+        queue, dlq, dlx = await broker.queue(), await broker.queue(), await broker.exchange()
+        await broker.bind(dlq, dlx, "dead")
+        await RabbitSender(probe, broker, queue).send(
+            300, tag=lambda n: "poison" if n % 50 == 7 else ""
+        )
+        poison = probe.ids_tagged("poison")
+        config = daemon_config(
+            probe.fn.url, rabbit(queue, 20), {"rabbitmq": {"exchange": dlx, "routing_key": "dead"}},
+            retry={"max_attempts": attempts, "initial_backoff": "100ms", "max_backoff": "200ms"},
+        )
+        dead = RabbitDeadLetters(broker, dlq)
+        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+            await probe.wait_handled(dead, timeout=60)
+            assert await bridge.terminate() == 0
+        report = await probe.report(dead, poison=len(poison))
+    report.check(dead_lettered=poison)
+    calls = probe.fn.arrivals
+    for event_id in poison:
+        tried = [a.at for a in calls if a.event_id == event_id]
+        assert len(tried) == attempts
+        flowing = [a for a in calls if a.delivered and tried[0] < a.at < tried[-1]]
+        assert flowing, f"healthy messages kept flowing while {event_id} was retried"
