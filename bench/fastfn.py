@@ -42,10 +42,10 @@ def main() -> None:
         print("ready", flush=True)
         await stop.wait()
         await runner.cleanup()
-        with open(out, "w", encoding="utf-8") as fh:
-            json.dump(records, fh)
 
     asyncio.run(serve())
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump(records, fh)
 
 
 if __name__ == "__main__":
