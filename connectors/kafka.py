@@ -184,6 +184,13 @@ class KafkaConnector:
         self._broker_ok = False
         self._paused = False
         self._settled = asyncio.Event()
+        #: Settles wake the full intake only once ``unsettled`` is down to this (-1: not
+        #: waiting): one loop turn per record settled would cost more than the record.
+        self._wake_at = -1
+        #: While a revoke waits for its partitions, every settle wakes it.
+        self._revoking = False
+        limit = source.max_unsettled
+        self._resume_step = max(1, min(limit // 10, source.max_poll_records))
         self._commit_lock = asyncio.Lock()
         self._last_commit = 0.0
         self._last_probe = 0.0
@@ -282,10 +289,9 @@ class KafkaConnector:
         if consumer is None:
             raise KafkaSourceError("events() before start()")
         limit = self._source.max_unsettled
-        step = max(1, min(limit // 10, self._source.max_poll_records))
         while True:
             await self._housekeeping(consumer)
-            if self._unsettled >= limit or (self._paused and self._unsettled > limit - step):
+            if self._unsettled >= limit or (self._paused and self._unsettled > limit - self._resume_step):
                 await self._wait_for_room(consumer)
                 continue
             self._set_paused(False)
@@ -312,7 +318,8 @@ class KafkaConnector:
     ) -> None:
         self._unsettled -= 1
         state.settle(offset)
-        self._settled.set()
+        if self._unsettled <= self._wake_at or self._revoking:
+            self._settled.set()
 
     async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
         """Full: take nothing until records settle, yet stay a live member of the group.
@@ -323,7 +330,11 @@ class KafkaConnector:
         paused for one empty poll, which keeps ``max_poll_interval`` from expiring.
         """
         self._set_paused(True)
-        await self._wait_settled(_POLL)
+        self._wake_at = self._source.max_unsettled - self._resume_step
+        try:
+            await self._wait_settled(_POLL)
+        finally:
+            self._wake_at = -1
         if time.monotonic() - self._last_poll < self.keepalive_interval:
             return
         consumer.pause(*consumer.assignment())
@@ -346,6 +357,7 @@ class KafkaConnector:
             )
 
     async def _wait_settled(self, timeout: float) -> None:
+        """Wait for a wake-up from ``_settle`` (see ``_wake_at``) or ``timeout``."""
         self._settled.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -443,8 +455,12 @@ class KafkaConnector:
             state.active = False
         bound = min(self._source.revoke_timeout, self._source.session_timeout / 2)
         deadline = time.monotonic() + bound
-        while any(s.unsettled for s in states) and (left := deadline - time.monotonic()) > 0:
-            await self._wait_settled(left)
+        self._revoking = True
+        try:
+            while any(s.unsettled for s in states) and (left := deadline - time.monotonic()) > 0:
+                await self._wait_settled(left)
+        finally:
+            self._revoking = False
         await self._commit(consumer, states, "revoke")
         waiting = sum(s.unsettled for s in states)
         self._log.info(
