@@ -37,6 +37,11 @@ from connectors.base import Connector, ConnectorContext, connector_factory, sink
 
 _RESTART = RetryPolicy(max_attempts=1, initial_backoff=1.0, max_backoff=30.0)
 _STOP_TIMEOUT = 15.0
+#: How long start-up waits for a dead-letter sink to connect. A sink that is not
+#: reachable by then connects on its first write (the Sink contract), so a hanging
+#: broker (packets dropped: no refusal, only the client's 30 s request timeout) cannot
+#: hold every later trigger's start.
+_SINK_START_TIMEOUT = 5.0
 
 
 @dataclass(slots=True, eq=False)
@@ -84,10 +89,14 @@ class Runtime:
         self.services: list[Any] = []
         #: Extra readiness checks by name (e.g. a Kubernetes watch refused by RBAC).
         self.probes: dict[str, Callable[[], bool]] = {}
+        #: True while start() runs: not ready before every trigger is built (with no
+        #: unit yet, "every unit ready" would be vacuously true).
+        self._starting = False
 
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._starting = True
         self._session = Invoker.session()
         self._invoker = Invoker(self._session)
         await self.admin.start()
@@ -95,6 +104,7 @@ class Runtime:
             await self._start_unit(self.config.resolve(trigger))
         for service in self.services:
             await service.start()
+        self._starting = False
         self.log.info(
             "trigger-bridge started", triggers=len(self.units), admin_port=self.admin.port
         )
@@ -127,6 +137,8 @@ class Runtime:
         ready = {name: unit.connector.ready for name, unit in self.units.items()}
         for name, value in ready.items():
             self.metrics.trigger(name).ready = value
+        if self._starting:
+            ready["startup"] = False
         ready.update({name: probe() for name, probe in self.probes.items()})
         for name, target in self._targets.items():
             pool_ready = getattr(target.pool, "ready", None)
@@ -245,10 +257,13 @@ class Runtime:
         if key not in self._sinks:
             sink = sink_factory(config.kind)(config, trigger)
             try:
-                await sink.start()
+                async with asyncio.timeout(_SINK_START_TIMEOUT):
+                    await sink.start()
             except Exception as err:
+                error = (f"no answer within {_SINK_START_TIMEOUT:g}s"
+                         if isinstance(err, TimeoutError) else _describe(err))
                 self.log.error("dead-letter sink not available yet", trigger=trigger.name,
-                               sink=config.kind, error=_describe(err))
+                               sink=config.kind, error=error)
             self._sinks[key] = sink
         return self._sinks[key]
 
