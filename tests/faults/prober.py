@@ -64,6 +64,8 @@ class Arrival:
     at: float  # time.monotonic()
     raw_headers: tuple[tuple[bytes, bytes], ...]
     path: str
+    #: time.monotonic() when the request came in (``at`` is when it was answered).
+    received: float = 0.0
 
     @property
     def delivered(self) -> bool:
@@ -158,6 +160,7 @@ class ProbeFunction:
             await runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        received = time.monotonic()
         body = await request.read()
         event_id = request.headers.get("ce-id", "")
         self.attempts[event_id] += 1
@@ -174,7 +177,7 @@ class ProbeFunction:
         attempt = int(request.headers.get("bridge-attempt", "0") or 0)
         status = 0 if answer.reset else answer.status
         self.arrivals.append(Arrival(event_id, body, status, attempt, time.monotonic(),
-                                     tuple(request.raw_headers), request.path))
+                                     tuple(request.raw_headers), request.path, received))
         if answer.reset:
             _abort(request)
         return web.Response(status=answer.status, headers=answer.headers, text="probe")
