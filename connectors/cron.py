@@ -18,7 +18,10 @@ CronJob semantics implemented by the connector:
   down, or every slot was taken) is skipped and counted. After a start, or on gaining
   cron leadership, the most recent tick still inside the deadline is run (CronJob
   starts only the latest missed schedule). Without a deadline, missed ticks are not
-  caught up (there is no record of what already ran).
+  caught up (there is no record of what already ran). When the process was late
+  (frozen, suspended, its loop blocked) and several ticks are due at once, only the
+  latest runs; the others are skipped and counted (``missed_deadline`` past the
+  deadline, ``superseded`` within it), never dropped silently.
 - ``suspend``: no ticks run.
 - ticks run only on the leader (see :mod:`bridge.leadership`); a new leader fires the
   ticks after the previous leader's last Lease renewal that are still within the
@@ -113,7 +116,9 @@ class CronClock:
         options: dict[str, Any] = {} if first is None else {"next_run_time": first}
         scheduler.add_job(
             _never_called, trigger=ScheduleTrigger(schedule), id=name, executor="ticks",
-            coalesce=True, misfire_grace_time=None, max_instances=1_000_000,
+            # Not coalesced here: the connector gets every due run time, runs the latest
+            # and counts the ones it drops (see CronConnector._on_due).
+            coalesce=False, misfire_grace_time=None, max_instances=1_000_000,
             replace_existing=True, **options,
         )
 
@@ -169,7 +174,7 @@ class CronConnector:
             self._started = True
             return
         now = datetime.now(UTC)
-        self._clock.add(self._name, self._schedule, self._on_ticks, self._catch_up(now))
+        self._clock.add(self._name, self._schedule, self._on_due, self._catch_up(now))
         self._started = True
         self._log.info("cron trigger scheduled", schedule=self._source.schedule,
                        time_zone=self._source.time_zone,
@@ -234,6 +239,31 @@ class CronConnector:
     def _on_ticks(self, run_times: list[datetime]) -> None:
         for scheduled in run_times:
             self._fire(scheduled)
+
+    def _on_due(self, run_times: list[datetime]) -> None:
+        """The clock's due run times: several at once when the process was late (frozen,
+        suspended, its loop blocked). As a CronJob, only the latest runs; the earlier ones
+        are skipped and counted: ``missed_deadline`` when past the starting deadline,
+        else ``superseded`` (a later tick replaced them)."""
+        if not run_times:
+            return
+        *late, latest = run_times
+        if late and self._context.leadership.is_leader:
+            now = datetime.now(UTC)
+            late = [t for t in late if self._last_fired is None or t > self._last_fired]
+            past = [t for t in late if self._deadline is not None and now - t > self._deadline]
+            for reason, ticks in (("missed_deadline", past),
+                                  ("superseded", [t for t in late if t not in past])):
+                if ticks:
+                    self._stats.cron_skipped[reason] = (
+                        self._stats.cron_skipped.get(reason, 0) + len(ticks)
+                    )
+                    self._log.warning("cron ticks skipped", reason=reason, count=len(ticks),
+                                      first=format_time(ticks[0]), last=format_time(ticks[-1]))
+        else:
+            for scheduled in late:
+                self._fire(scheduled)  # not the leader: each counted as such
+        self._fire(latest)
 
     def _fire(self, scheduled: datetime) -> None:
         now = datetime.now(UTC)
