@@ -31,7 +31,7 @@ Scenarios (one JSON line per contender, then a summary line):
 - ``latency``: each contender consumes an idle topic; ``--latency-records`` records are
   produced at ``--rate`` per second; latency = receipt at the function - the record's
   timestamp (set by the producer, ms resolution). Summary ``added`` = bridge - baseline
-  at p50 and p99.
+  at p50 and p99 (with ``--repeat N``: the median of the per-round differences).
 """
 
 from __future__ import annotations
@@ -451,39 +451,52 @@ async def ordering(args: argparse.Namespace, broker: Broker, workdir: Path) -> N
 
 
 async def latency(args: argparse.Namespace, broker: Broker, workdir: Path) -> None:
+    """Rounds alternate the order of the contenders; the summary takes medians."""
     function = Function(0.0)
-    figures: dict[str, tuple[float, float]] = {}
+    figures: dict[str, list[tuple[float, float]]] = {}
     try:
         async with aiohttp.ClientSession() as session:
-            for name in ("baseline", "bridge"):
-                topic = broker.topic(partitions=4)
-                await function.reset(session)
-                if name == "baseline":
-                    contender = start_baseline(broker.bootstrap, topic, function.url,
-                                               args.concurrency)
-                    await baseline_ready(contender)
-                else:
-                    contender = start_bridge(bridge_config(
-                        broker.bootstrap, topic, function.url, "key",
-                        concurrency=args.concurrency, workdir=workdir))
-                    await bridge_ready(session, contender)
-                try:
-                    await produce_paced(broker.bootstrap, topic, args.latency_records, args.size,
-                                        args.rate)
-                    await function.wait_count(session, args.latency_records, 60)
-                    stats = await function.stats(session, latency=True)
-                finally:
-                    contender.stop()
-                values = [v * 1000 for v in stats["latency"]]
-                figures[name] = (percentile(values, 0.5), percentile(values, 0.99))
-                emit(scenario="latency", contender=name, rate=args.rate,
-                     records=len(values), p50_ms=round(figures[name][0], 2),
-                     p99_ms=round(figures[name][1], 2), max_ms=round(max(values), 2))
+            for round_ in range(args.repeat):
+                order = ("baseline", "bridge") if round_ % 2 == 0 else ("bridge", "baseline")
+                for name in order:
+                    values = await _latencies(args, broker, workdir, function=function,
+                                              session=session, name=name)
+                    p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+                    figures.setdefault(name, []).append((p50, p99))
+                    emit(scenario="latency", contender=name, round=round_ + 1, rate=args.rate,
+                         records=len(values), p50_ms=round(p50, 2), p99_ms=round(p99, 2),
+                         max_ms=round(max(values), 2))
     finally:
         function.stop()
-    emit(scenario="latency", summary=True,
-         added_p50_ms=round(figures["bridge"][0] - figures["baseline"][0], 2),
-         added_p99_ms=round(figures["bridge"][1] - figures["baseline"][1], 2))
+    added = [(b[0] - a[0], b[1] - a[1])
+             for a, b in zip(figures["baseline"], figures["bridge"], strict=True)]
+    emit(scenario="latency", summary=True, rounds=args.repeat,
+         added_p50_ms=round(statistics.median(a[0] for a in added), 2),
+         added_p99_ms=round(statistics.median(a[1] for a in added), 2))
+
+
+async def _latencies(
+    args: argparse.Namespace, broker: Broker, workdir: Path, *,
+    function: Function, session: aiohttp.ClientSession, name: str,
+) -> list[float]:
+    """One contender on a fresh idle topic, records produced at ``--rate``: ms latencies."""
+    topic = broker.topic(partitions=4)
+    await function.reset(session)
+    if name == "baseline":
+        contender = start_baseline(broker.bootstrap, topic, function.url, args.concurrency)
+        await baseline_ready(contender)
+    else:
+        contender = start_bridge(bridge_config(
+            broker.bootstrap, topic, function.url, "key",
+            concurrency=args.concurrency, workdir=workdir))
+        await bridge_ready(session, contender)
+    try:
+        await produce_paced(broker.bootstrap, topic, args.latency_records, args.size, args.rate)
+        await function.wait_count(session, args.latency_records, 60)
+        stats = await function.stats(session, latency=True)
+    finally:
+        contender.stop()
+    return [v * 1000 for v in stats["latency"]]
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -518,7 +531,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--repeat", type=int, default=1,
-                        help="throughput rounds (alternating order); the summary takes medians")
+                        help="rounds of the throughput and latency scenarios (alternating "
+                        "order); the summaries take medians")
     parser.add_argument("--only", choices=["throughput", "ordering", "latency"])
     asyncio.run(run(parser.parse_args()))
 
