@@ -24,8 +24,6 @@ class _ProbeTable:
         self.rows: list[dict[str, object]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
-            return
         for line in report.capstdout.splitlines():
             if line.startswith("PROBE "):
                 self.rows.append(json.loads(line[len("PROBE "):]))

@@ -206,6 +206,10 @@ class DeadEntry:
     body: bytes
     error: str
     at: float | None  # time.monotonic() of the write, when the sink records it
+    #: ``bridge-source``, ``bridge-error-detail`` and the original headers (as text).
+    source: str = ""
+    detail: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class DeadLetters(Protocol):
@@ -235,9 +239,12 @@ class FileDeadLetters:
             if not line.endswith("}"):
                 continue  # a line being written
             record = json.loads(line)
+            headers = {name: base64.b64decode(value).decode("utf-8", "replace")
+                       for name, value in record["headers"]}
             out.append(DeadEntry(
                 record["cloudevent"]["id"], base64.b64decode(record["body"]),
                 record["bridge-error"], _monotonic(record.get("bridge-dead-lettered-at")),
+                record["bridge-source"], record["bridge-error-detail"], headers,
             ))
         return out
 
@@ -264,6 +271,8 @@ class KafkaDeadLetters:
                     headers.get("ce_id", ""), record.value or b"",
                     headers.get("bridge-error", ""),
                     _monotonic(headers.get("bridge-dead-lettered-at")),
+                    headers.get("bridge-source", ""), headers.get("bridge-error-detail", ""),
+                    headers,
                 ))
         return list(self._seen)
 
@@ -299,11 +308,14 @@ class RabbitDeadLetters:
             message = await self._get()
             if message is None:
                 return list(self._seen)
-            headers = message.headers or {}
+            headers = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                       for k, v in (message.headers or {}).items()}
             when = message.timestamp
             self._seen.append(DeadEntry(
-                message.message_id or "", message.body, str(headers.get("bridge-error", "")),
+                message.message_id or "", message.body, headers.get("bridge-error", ""),
                 _monotonic(when.isoformat()) if when else None,
+                headers.get("bridge-source", ""), headers.get("bridge-error-detail", ""),
+                headers,
             ))
 
     async def _get(self) -> aio_pika.abc.AbstractIncomingMessage | None:
