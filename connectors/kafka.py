@@ -289,9 +289,10 @@ class KafkaConnector:
         if consumer is None:
             raise KafkaSourceError("events() before start()")
         limit = self._source.max_unsettled
+        resume_at = limit - self._resume_step
         while True:
             await self._housekeeping(consumer)
-            if self._unsettled >= limit or (self._paused and self._unsettled > limit - self._resume_step):
+            if self._unsettled >= limit or (self._paused and self._unsettled > resume_at):
                 await self._wait_for_room(consumer)
                 continue
             self._set_paused(False)
@@ -330,7 +331,7 @@ class KafkaConnector:
         paused for one empty poll, which keeps ``max_poll_interval`` from expiring.
         """
         self._set_paused(True)
-        self._wake_at = self._source.max_unsettled - self._resume_step
+        self._wake_at = self._source.max_unsettled - self._resume_step  # resume_at
         try:
             await self._wait_settled(_POLL)
         finally:
