@@ -16,7 +16,8 @@ from tests.support import kafka as kafka_support
 #: The session's Tansu broker (see tests/support/kafka.py).
 kafka_broker = kafka_support.kafka_broker
 
-_COLUMNS = ("fault", "sent", "missing", "duplicated", "dead_lettered", "recovery_s")
+_COLUMNS = ("fault", "sent", "missing", "duplicated", "duplicate_bound", "dead_lettered",
+            "unexpected", "recovery_s", "max_gap_s")
 
 
 class _ProbeTable:
@@ -24,9 +25,14 @@ class _ProbeTable:
         self.rows: list[dict[str, object]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for line in report.capstdout.splitlines():
-            if line.startswith("PROBE "):
-                self.rows.append(json.loads(line[len("PROBE "):]))
+        # Each phase's report repeats the earlier phases' output: read only its own.
+        own = f"Captured stdout {report.when}"
+        for title, text in report.sections:
+            if title != own:
+                continue
+            for line in text.splitlines():
+                if line.startswith("PROBE "):
+                    self.rows.append(json.loads(line[len("PROBE "):]))
 
     def pytest_terminal_summary(self, terminalreporter: object) -> None:
         if not self.rows:
