@@ -48,6 +48,7 @@ import yaml
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from tests.support.daemon import BridgeProcess
 from tests.support.rabbitmq import Broker
 
 # --- the receiving function -----------------------------------------------------------
@@ -438,9 +439,10 @@ class Prober:
 
     async def wait_handled(
         self, dead: DeadLetters | None = None, timeout: float = 60.0,
-        ids: Iterable[str] | None = None,
+        ids: Iterable[str] | None = None, bridge: BridgeProcess | None = None,
     ) -> None:
-        """Until every sent id (or ``ids``) is delivered or dead-lettered."""
+        """Until every sent id (or ``ids``) is delivered or dead-lettered; on a timeout the
+        error carries the function's view and the tail of ``bridge``'s log."""
         wanted = set(self.sent if ids is None else ids)
         deadline = time.monotonic() + timeout
         while True:
@@ -451,9 +453,12 @@ class Prober:
             if not left:
                 return
             if time.monotonic() > deadline:
+                statuses = Counter(a.status for a in self.fn.arrivals)
+                tail = "\n".join(bridge.log_lines[-20:]) if bridge is not None else ""
                 raise AssertionError(
                     f"{self.fault}: {len(left)} of {len(wanted)} events not handled within "
-                    f"{timeout}s, e.g. {sorted(left)[:5]}"
+                    f"{timeout}s, e.g. {sorted(left)[:5]}; function answers {dict(statuses)}, "
+                    f"in flight {self.fn.in_flight}\n{tail}"
                 )
             await asyncio.sleep(0.1)
 

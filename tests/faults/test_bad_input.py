@@ -295,7 +295,8 @@ async def rabbit_outcomes(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
         for i, case in enumerate(RABBIT_CASES)
     }
     async with Broker() as broker, Prober("bad input: rabbitmq") as probe:
-        queue, dlq, dlx = await broker.queue(), await broker.queue(), await broker.exchange()
+        queue, dlq = await broker.queue(durable=True), await broker.queue(durable=True)
+        dlx = await broker.exchange()
         await broker.bind(dlq, dlx, "dead")
         ids = []
         for i, case in enumerate(RABBIT_CASES):

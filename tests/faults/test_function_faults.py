@@ -76,7 +76,7 @@ async def test_function_fault_mid_stream(case: str, tmp_path: Path) -> None:
             return faulty if faulty is not None and outage.active() else Answer(delay=0.01)
 
         probe.fn.behaviour = behaviour
-        queue = await broker.queue()
+        queue = await broker.queue(durable=True)
         await RabbitSender(probe, broker, queue).send(200)
         trigger = {"rabbitmq": {"url": BROKER_URL, "queue": queue, "prefetch": 20}}
         config = daemon_config(
@@ -94,7 +94,7 @@ async def test_function_fault_mid_stream(case: str, tmp_path: Path) -> None:
                 await probe.fn.come_back()
                 probe.fault_ended()
                 assert mark.ended is not None
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
             retries = bridge.metric("bridge_retries_total", trigger="probe")
             assert await bridge.terminate() == 0
         assert len(probe.faults) == 1, "the fault happened"

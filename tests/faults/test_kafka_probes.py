@@ -88,7 +88,7 @@ async def test_sigkill_three_times_mid_stream(kafka_broker: KafkaBroker, tmp_pat
         probe.fault_ended()
         async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
             dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
             assert await bridge.terminate() == 0
         bound = probe.duplicate_bound(in_flight=MAX_UNSETTLED, uncommitted_s=UNCOMMITTED_S)
         report = await probe.report(dead, duplicate_bound=bound)
@@ -117,7 +117,7 @@ async def test_sigterm_under_load_drains_commits_and_duplicates_nothing(
         probe.fault_ended()
         async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
             dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
             assert await bridge.terminate() == 0
         report = await probe.report(dead, duplicate_bound=0, drain_s=drain_s)
     report.check()
@@ -146,7 +146,7 @@ async def test_rebalance_while_records_are_in_flight(
             probe.fault_ended()
             assert len(probe.fn.delivered_ids()) < len(probe.sent), "rebalanced mid-stream"
             dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=a)
             assert await a.terminate() == 0
         report = await probe.report(dead, duplicate_bound=0)
     report.check()
@@ -173,7 +173,7 @@ async def test_poison_record_is_dead_lettered_while_the_others_flow(
         dead = KafkaDeadLetters(kafka_broker.bootstrap, dlq)
         try:
             async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-                await probe.wait_handled(dead, timeout=60)
+                await probe.wait_handled(dead, timeout=60, bridge=bridge)
                 assert await bridge.terminate() == 0
             report = await probe.report(dead, poison=len(poison))
         finally:
@@ -271,7 +271,7 @@ async def test_broker_connection_cut_blackholed_and_reset(
                 probe.fault_ended()
             assert len(probe.fn.delivered_ids()) < len(probe.sent), "faults hit mid-stream"
             dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
             await until(lambda: bridge.get_status("/readyz") == 200, 20, "ready again")
             assert await bridge.terminate() == 0
         bound = probe.duplicate_bound(in_flight=20, uncommitted_s=UNCOMMITTED_S)

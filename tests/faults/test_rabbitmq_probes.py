@@ -78,7 +78,7 @@ def file_sink(tmp_path: Path) -> dict[str, object]:
 async def test_sigkill_three_times_mid_stream(tmp_path: Path) -> None:
     prefetch = 20
     async with Broker() as broker, Prober("rabbitmq: SIGKILL x3", healthy(0.01)) as probe:
-        queue = await broker.queue()
+        queue = await broker.queue(durable=True)
         await RabbitSender(probe, broker, queue).send(450)
         config = daemon_config(probe.fn.url, rabbit(queue, prefetch), file_sink(tmp_path))
         for _ in range(3):
@@ -92,7 +92,7 @@ async def test_sigkill_three_times_mid_stream(tmp_path: Path) -> None:
         probe.fault_ended()
         async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
             dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
             assert await bridge.terminate() == 0
         assert await broker.count(queue) == 0
         bound = probe.duplicate_bound(in_flight=prefetch, uncommitted_s=0)
@@ -102,7 +102,7 @@ async def test_sigkill_three_times_mid_stream(tmp_path: Path) -> None:
 
 async def test_sigterm_under_load_drains_and_duplicates_nothing(tmp_path: Path) -> None:
     async with Broker() as broker, Prober("rabbitmq: SIGTERM under load", healthy(0.05)) as probe:
-        queue = await broker.queue()
+        queue = await broker.queue(durable=True)
         await RabbitSender(probe, broker, queue).send(300)
         config = daemon_config(probe.fn.url, rabbit(queue, 40), file_sink(tmp_path))
         async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
@@ -117,11 +117,46 @@ async def test_sigterm_under_load_drains_and_duplicates_nothing(tmp_path: Path) 
         probe.fault_ended()
         async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
             dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
             assert await bridge.terminate() == 0
         assert await broker.count(queue) == 0
         report = await probe.report(dead, duplicate_bound=0, drain_s=drain_s)
     report.check()
+
+
+async def test_sigterm_past_the_drain_timeout_exits_and_loses_nothing(tmp_path: Path) -> None:
+    """In-flight invocations slower than ``BRIDGE_DRAIN_TIMEOUT``: the daemon gives up on
+    them and exits 0 in time; the broker redelivers them. The function finishes the
+    abandoned requests anyway, so each can come twice: at most ``concurrency``."""
+    concurrency, slow = 8, True
+
+    def behaviour(request: Request, attempt: int) -> Answer:
+        return Answer(delay=1.5 if slow else 0.01)
+
+    async with Broker() as broker, Prober("rabbitmq: SIGTERM past the drain timeout",
+                                          behaviour) as probe:
+        queue = await broker.queue(durable=True)
+        await RabbitSender(probe, broker, queue).send(40)
+        config = daemon_config(probe.fn.url, rabbit(queue, 20), file_sink(tmp_path),
+                               concurrency=concurrency)
+        async with BridgeProcess(config, tmp_path, wait_ready=True,
+                                 drain_timeout="500ms") as bridge:
+            await eventually(lambda: probe.fn.in_flight == concurrency, what="all slots busy")
+            probe.fault_began("sigterm, drain timeout 0.5 s")
+            started = time.monotonic()
+            assert await bridge.terminate() == 0
+            exit_s = round(time.monotonic() - started, 3)
+        slow = False
+        probe.fault_ended()
+        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
+            assert await bridge.terminate() == 0
+        await eventually(lambda: probe.fn.in_flight == 0, what="abandoned requests answered")
+        assert await broker.count(queue) == 0
+        report = await probe.report(dead, duplicate_bound=concurrency, exit_s=exit_s)
+    report.check()
+    assert exit_s < 3.0, "the drain timeout bounds the shutdown"
 
 
 @pytest.mark.broker_restart
@@ -142,7 +177,7 @@ async def test_broker_restart_mid_stream(tmp_path: Path) -> None:
             outage_s = round(mark.ended - mark.began, 3)
             assert len(probe.fn.delivered_ids()) < len(probe.sent), "restarted mid-stream"
             dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
             await eventually(lambda: bridge.get_status("/readyz") == 200, what="ready again")
             assert bridge.metric("bridge_rabbitmq_reconnects_total") >= 1
             assert await bridge.terminate() == 0
@@ -159,7 +194,8 @@ async def test_poison_message_is_dead_lettered_while_the_others_flow(tmp_path: P
         return Answer(status=500) if request.tag == "poison" else Answer(delay=0.01)
 
     async with Broker() as broker, Prober("rabbitmq: poison message", behaviour) as probe:
-        queue, dlq, dlx = await broker.queue(), await broker.queue(), await broker.exchange()
+        queue, dlq = await broker.queue(durable=True), await broker.queue(durable=True)
+        dlx = await broker.exchange()
         await broker.bind(dlq, dlx, "dead")
         await RabbitSender(probe, broker, queue).send(
             300, tag=lambda n: "poison" if n % 50 == 7 else ""
@@ -171,7 +207,7 @@ async def test_poison_message_is_dead_lettered_while_the_others_flow(tmp_path: P
         )
         dead = RabbitDeadLetters(broker, dlq)
         async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
             assert await bridge.terminate() == 0
         report = await probe.report(dead, poison=len(poison))
     report.check(dead_lettered=poison)

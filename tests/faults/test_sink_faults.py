@@ -90,7 +90,7 @@ async def test_file_sink_directory_missing(tmp_path: Path) -> None:
     directory = tmp_path / "not-mounted-yet"
     async with Broker() as broker, Prober("dead-letter sink: file dir missing",
                                           refuse_every_fifth) as probe:
-        queue = await broker.queue()
+        queue = await broker.queue(durable=True)
         await RabbitSender(probe, broker, queue).send(200, tag=tag)
         trigger = {"rabbitmq": {"url": BROKER_URL, "queue": queue, "prefetch": OPEN_LIMIT}}
         config = daemon_config(probe.fn.url, trigger,
@@ -102,7 +102,7 @@ async def test_file_sink_directory_missing(tmp_path: Path) -> None:
 
         async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
             figures = await hold_down_then_repair(probe, bridge, repair, dead)
-            await probe.wait_handled(dead, timeout=60)
+            await probe.wait_handled(dead, timeout=60, bridge=bridge)
             assert await bridge.terminate() == 0
         assert await broker.count(queue) == 0
         report = await probe.report(dead, **figures)
@@ -140,7 +140,7 @@ async def test_kafka_sink_blackholed(
                 proxy.set_mode("blackhole")
                 gate.set()
                 figures = await hold_down_then_repair(probe, bridge, repair, dead)
-                await probe.wait_handled(dead, timeout=60)
+                await probe.wait_handled(dead, timeout=60, bridge=bridge)
                 assert await bridge.terminate() == 0
             report = await probe.report(dead, **figures)
         finally:
@@ -163,7 +163,7 @@ async def test_hanging_sink_at_startup_neither_holds_the_triggers_nor_reads_read
     async with FaultProxy(free_port()) as proxy, Broker() as broker, \
             Prober("start-up: dead-letter broker hangs") as probe:
         proxy.set_mode("blackhole")  # connections accepted, nothing ever answered
-        queue = await broker.queue()
+        queue = await broker.queue(durable=True)
         await RabbitSender(probe, broker, queue).send(50)
         trigger = {"rabbitmq": {"url": BROKER_URL, "queue": queue, "prefetch": 20}}
         config = daemon_config(probe.fn.url, trigger,
@@ -171,7 +171,7 @@ async def test_hanging_sink_at_startup_neither_holds_the_triggers_nor_reads_read
         spawned = time.monotonic()
         async with BridgeProcess(config, tmp_path) as bridge:
             first = await asyncio.to_thread(bridge.get_status, "/readyz")
-            await probe.wait_handled(timeout=20)
+            await probe.wait_handled(timeout=20, bridge=bridge)
             handled_s = round(time.monotonic() - spawned, 3)
             await bridge.wait_http("/readyz", timeout=10)
             assert await bridge.terminate() == 0
