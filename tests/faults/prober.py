@@ -17,8 +17,10 @@ sink is read back, and :meth:`Prober.report` accounts for every event:
 - ``unexpected``: ids that were never sent, or a body that is not the one sent under
   that id (must be 0);
 - ``recovery_s``: for each fault, from the moment it was removed (process restarted,
-  link restored, function healthy, sink writable) to the next delivery or dead letter
-  of an event not handled before; the largest over the run's faults.
+  link restored, function healthy, sink writable) to the next request that came in
+  after it and delivered an event not handled before (or the next such dead letter);
+  the largest over the run's faults;
+- ``max_gap_s``: the longest time between two consecutive deliveries (the worst stall).
 
 A run passes when missing = 0, unexpected = 0 and every event is delivered or
 dead-lettered; :meth:`Report.check` asserts that and the duplicate bound, and the
@@ -494,8 +496,10 @@ class Prober:
         return bound
 
     def _recovery(self, dead: Sequence[DeadEntry]) -> float | None:
+        # A request counts from when it came in: one sent by a killed process before the
+        # fault and answered after it is not progress of the recovered one.
         progress = sorted(
-            [(a.at, a.event_id) for a in self.fn.arrivals if a.delivered]
+            [(a.received or a.at, a.event_id) for a in self.fn.arrivals if a.delivered]
             + [(e.at, e.event_id) for e in dead if e.at is not None]
         )
         worst: float | None = None

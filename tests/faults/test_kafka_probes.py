@@ -70,11 +70,21 @@ async def until(predicate: object, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+def refuse_some(request: Request, attempt: int) -> Answer:
+    """Healthy, except the messages tagged ``refuse``: a 422, dead-lettered at once (so
+    dead-letter writes are in flight at the kills too)."""
+    return Answer(status=422) if request.tag == "refuse" else Answer(delay=0.01)
+
+
+def every_50th(n: int) -> str:
+    return "refuse" if n % 50 == 25 else ""
+
+
 async def test_sigkill_three_times_mid_stream(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
     topic = kafka_broker.topic(partitions=3)
-    async with Prober("kafka: SIGKILL x3", healthy(0.01)) as probe:
+    async with Prober("kafka: SIGKILL x3", refuse_some) as probe:
         async with KafkaSender(probe, kafka_broker.bootstrap, topic) as sender:
-            await sender.send(600)
+            await sender.send(600, tag=every_50th)
         source = kafka_source(kafka_broker.bootstrap, topic, max_unsettled=MAX_UNSETTLED)
         config = daemon_config(probe.fn.url, source, file_sink(tmp_path))
         for _ in range(3):
@@ -92,7 +102,7 @@ async def test_sigkill_three_times_mid_stream(kafka_broker: KafkaBroker, tmp_pat
             assert await bridge.terminate() == 0
         bound = probe.duplicate_bound(in_flight=MAX_UNSETTLED, uncommitted_s=UNCOMMITTED_S)
         report = await probe.report(dead, duplicate_bound=bound)
-    report.check()
+    report.check(dead_lettered=probe.ids_tagged("refuse"))
     committed = await kafka_broker.committed(f"g-{topic}", topic)
     assert sum(o or 0 for o in committed.values()) == len(probe.sent)
 

@@ -75,11 +75,21 @@ def file_sink(tmp_path: Path) -> dict[str, object]:
     return {"file": {"path": str(tmp_path / "dead-letters.jsonl")}}
 
 
+def refuse_some(request: Request, attempt: int) -> Answer:
+    """Healthy, except the messages tagged ``refuse``: a 422, dead-lettered at once (so
+    dead-letter writes are in flight at the kills too)."""
+    return Answer(status=422) if request.tag == "refuse" else Answer(delay=0.01)
+
+
+def every_50th(n: int) -> str:
+    return "refuse" if n % 50 == 25 else ""
+
+
 async def test_sigkill_three_times_mid_stream(tmp_path: Path) -> None:
     prefetch = 20
-    async with Broker() as broker, Prober("rabbitmq: SIGKILL x3", healthy(0.01)) as probe:
+    async with Broker() as broker, Prober("rabbitmq: SIGKILL x3", refuse_some) as probe:
         queue = await broker.queue(durable=True)
-        await RabbitSender(probe, broker, queue).send(450)
+        await RabbitSender(probe, broker, queue).send(450, tag=every_50th)
         config = daemon_config(probe.fn.url, rabbit(queue, prefetch), file_sink(tmp_path))
         for _ in range(3):
             if probe.faults:
@@ -97,7 +107,7 @@ async def test_sigkill_three_times_mid_stream(tmp_path: Path) -> None:
         assert await broker.count(queue) == 0
         bound = probe.duplicate_bound(in_flight=prefetch, uncommitted_s=0)
         report = await probe.report(dead, duplicate_bound=bound)
-    report.check()
+    report.check(dead_lettered=probe.ids_tagged("refuse"))
 
 
 async def test_sigterm_under_load_drains_and_duplicates_nothing(tmp_path: Path) -> None:
