@@ -410,11 +410,13 @@ class Prober:
 
     # --- sending side ---
 
-    def next_body(self, tag: str = "", size: int = 0) -> tuple[int, bytes]:
-        """The next sequence number and its body ``probe:<run>:<n>:<tag>:`` (padded)."""
+    def next_body(
+        self, tag: Callable[[int], str] = lambda n: "", size: int = 0
+    ) -> tuple[int, bytes]:
+        """The next sequence number and its body ``probe:<run>:<n>:<tag(n)>:`` (padded)."""
         number = self._next
         self._next += 1
-        head = f"probe:{self.run}:{number}:{tag}:".encode()
+        head = f"probe:{self.run}:{number}:{tag(number)}:".encode()
         return number, head + b"." * max(0, size - len(head))
 
     def sent_event(self, event_id: str, number: int, body: bytes) -> None:
@@ -586,7 +588,7 @@ class KafkaSender:
         assert self._producer is not None
         pending = []
         for _ in range(count):
-            number, body = self.probe.next_body(tag(self.probe._next), size)
+            number, body = self.probe.next_body(tag, size)
             key = f"k{number % self.keys}".encode()
             future = await self._producer.send(self.topic, value=body, key=key)
             pending.append((number, body, future))
@@ -616,7 +618,7 @@ class RabbitSender:
         ids: list[str] = []
         pending: list[Awaitable[None]] = []
         for _ in range(count):
-            number, body = self.probe.next_body(tag(self.probe._next), size)
+            number, body = self.probe.next_body(tag, size)
             event_id = f"{self.probe.run}-{number}"
             pending.append(self._publish(event_id, number, body))
             ids.append(event_id)

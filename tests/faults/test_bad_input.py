@@ -79,7 +79,9 @@ class Case:
     injected: tuple[str, ...] = ()
 
 
-def binary_ce(*extra: tuple[str, Any], prefix: str = "ce_", id_: str = "their-id") -> tuple:
+def binary_ce(
+    *extra: tuple[str, Any], prefix: str = "ce_", id_: str = "their-id"
+) -> tuple[tuple[str, Any], ...]:
     base = (("specversion", "1.0"), ("id", id_), ("source", "/probe"), ("type", "t.probe"))
     return tuple((prefix + k, v.encode() if prefix == "ce_" else v) for k, v in base) + extra
 
@@ -336,10 +338,10 @@ def check(case: Case, index: int, outcomes: Outcomes) -> None:
     names = {name.decode("latin-1").lower() for name, _ in arrival.raw_headers}
     for name in case.injected:
         assert name.lower() not in names, f"{name!r} reached the function"
-    for name, value in arrival.raw_headers:
-        assert not set(value) & {0x0D, 0x0A, 0x00}, f"{name!r}: {value!r}"
-    for name, value in case.attrs.items():
-        assert arrival.header(name) == value
+    for raw_name, raw_value in arrival.raw_headers:
+        assert not set(raw_value) & {0x0D, 0x0A, 0x00}, f"{raw_name!r}: {raw_value!r}"
+    for attribute, encoded in case.attrs.items():
+        assert arrival.header(attribute) == encoded
     if case.own_id is not None:
         assert arrival.event_id == case.own_id
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in arrival.raw_headers}

@@ -26,6 +26,7 @@ import signal
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,7 +132,7 @@ async def test_ticks_across_a_frozen_process(tmp_path: Path) -> None:
             woke = time.time()
             probe.fault_ended()
             await wait_ticks(probe, 2)
-            skipped = {
+            skipped: dict[str, Any] = {
                 reason: bridge.metric("bridge_cron_ticks_skipped_total", reason=reason)
                 for reason in ("missed_deadline", "superseded")
             }

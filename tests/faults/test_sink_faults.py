@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,8 +60,9 @@ def tag(n: int) -> str:
 
 
 async def hold_down_then_repair(
-    probe: Prober, bridge: BridgeProcess, repair: object, dead: DeadLetters
-) -> dict[str, object]:
+    probe: Prober, bridge: BridgeProcess, repair: Callable[[], Awaitable[None]],
+    dead: DeadLetters,
+) -> dict[str, Any]:
     """Wait for the stall with the sink down, check nothing settled, then repair."""
     await probe.wait_deliveries(30)
     probe.fault_began("dead-letter sink unavailable")
@@ -72,7 +75,7 @@ async def hold_down_then_repair(
         await asyncio.sleep(0.1)
     stalled_at = len(probe.fn.delivered_ids())
     await asyncio.sleep(1.0)
-    figures = {
+    figures: dict[str, Any] = {
         "write_failures": bridge.metric("bridge_dead_letter_write_failures_total"),
         "settled_dead_while_down": bridge.metric(
             "bridge_events_settled_total", disposition="dead_lettered"
@@ -81,7 +84,7 @@ async def hold_down_then_repair(
         "open_while_down": bridge.metric("bridge_unsettled_events", trigger="probe"),
     }
     assert await dead.entries() == [], "nothing stored while the sink is down"
-    await repair()  # type: ignore[operator]
+    await repair()
     probe.fault_ended()
     return figures
 
@@ -149,10 +152,10 @@ async def test_kafka_sink_blackholed(
     report.check(dead_lettered=probe.ids_tagged("refuse"))
 
 
-def check_sink_outage(probe: Prober, dead_ids: set[str], figures: dict[str, object]) -> None:
+def check_sink_outage(probe: Prober, dead_ids: set[str], figures: dict[str, Any]) -> None:
     assert figures["settled_dead_while_down"] == 0, "no dead-letter settle while it is down"
     assert figures["stalled"] == 0, "the source paused at the limit"
-    assert FULL <= figures["open_while_down"] <= OPEN_LIMIT  # type: ignore[operator]
+    assert FULL <= figures["open_while_down"] <= OPEN_LIMIT
     refused_once = {a.event_id for a in probe.fn.arrivals if a.status == 422}
     assert dead_ids == refused_once
 
