@@ -19,6 +19,7 @@ It knows nothing about any one source. For each event it
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Hashable
@@ -81,6 +82,8 @@ class Dispatcher:
         name, function = trigger.name, trigger.function_name
         self._stats = parts.metrics.trigger(name, function)
         self._bound_log: Logger | None = None
+        #: A line per attempt only at debug level; checked once, not per attempt.
+        self._debug = parts.log.is_enabled_for(logging.DEBUG)
 
     @property
     def _log(self) -> Logger:
@@ -205,10 +208,12 @@ class Dispatcher:
         self._stats.outcome(outcome.verdict.value, outcome.duration)
         if outcome.overflow:
             self._stats.overflow += 1
-        self._log.debug(
-            "invoked", event_id=event.id, attempt=attempt, status=outcome.status,
-            outcome=outcome.reason, duration=round(outcome.duration, 4), overflow=outcome.overflow,
-        )
+        if self._debug:
+            self._log.debug(
+                "invoked", event_id=event.id, attempt=attempt, status=outcome.status,
+                outcome=outcome.reason, duration=round(outcome.duration, 4),
+                overflow=outcome.overflow,
+            )
         return outcome
 
     async def _dead_letter(self, event: Event, outcome: Outcome, attempts: int) -> None:

@@ -108,12 +108,12 @@ class Event:
             attrs["subject"] = self.subject
         if self.content_type:
             attrs["datacontenttype"] = self.content_type
-        attrs.update((k, v) for k, v in self.extensions.items() if k not in _MODELLED)
+        attrs.update((k, v) for k, v in self.extensions.items() if k not in CONTEXT_ATTRIBUTES)
         return attrs
 
 
 #: Context attributes the Event carries as fields; an extension of the same name is ignored.
-_MODELLED = frozenset(
+CONTEXT_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "time", "subject", "datacontenttype"}
 )
 

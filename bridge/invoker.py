@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping
 
 import aiohttp
 
-from bridge.events import Event
+from bridge.events import CONTEXT_ATTRIBUTES, Event, format_time
 from bridge.outcome import (
     DEFAULT_RETRYABLE_STATUSES,
     Outcome,
@@ -29,7 +29,7 @@ from bridge.outcome import (
     classify_status,
     parse_retry_after,
 )
-from bridge.pools import NoEndpoints, Target
+from bridge.pools import NoEndpoints, Route, Target
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _UNSAFE = re.compile(r'[^\x21\x23-\x24\x26-\x7e]')
@@ -40,6 +40,7 @@ _RESERVED = frozenset({"content-type", "content-length", "host", "transfer-encod
 _BRIDGE_OWNED = frozenset({"bridge-trigger", "bridge-attempt"})
 #: CloudEvents attribute names: lower-case ASCII letters and digits.
 _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 def percent_encode(value: str) -> str:
@@ -55,29 +56,45 @@ def percent_encode(value: str) -> str:
 
 
 def build_headers(
-    event: Event, attempt: int, static: Mapping[str, str] = {}
+    event: Event, attempt: int, static: Mapping[str, str] = _NO_HEADERS
 ) -> dict[str, str]:
     """The request headers; every name appears once (case-insensitively).
 
     Precedence: the bridge's own headers, then ``ce-*`` attributes, then ``static``
     (the function's configured headers), then the message's ``http_headers``, which are
     dropped when unsafe (invalid name, non-printable or non-ASCII value) or taken.
+    Built directly (no intermediate attribute dict): this runs on every attempt.
     """
-    taken = {name.lower() for name in static} | _BRIDGE_OWNED
-    headers = {
-        name: value
-        for name, value in event.http_headers.items()
-        if name.lower() not in taken and _passes_through(name, value)
-    }
-    headers.update(static)
-    for name, value in event.ce_attributes().items():
-        if name != "datacontenttype" and _ATTRIBUTE_NAME.match(name):
-            headers[f"ce-{name}"] = percent_encode(value)
+    headers: dict[str, str] = {}
+    if event.http_headers:
+        taken = _BRIDGE_OWNED | {n.lower() for n in static} if static else _BRIDGE_OWNED
+        for name, value in event.http_headers.items():
+            if name.lower() not in taken and _passes_through(name, value):
+                headers[name] = value
+    if static:
+        headers.update(static)
+    headers["ce-specversion"] = "1.0"
+    headers["ce-id"] = percent_encode(event.id)
+    headers["ce-source"] = percent_encode(event.source)
+    headers["ce-type"] = percent_encode(event.type)
+    if event.time is not None:
+        headers["ce-time"] = format_time(event.time)
+    if event.subject is not None:
+        headers["ce-subject"] = percent_encode(event.subject)
+    for name, value in event.extensions.items():
+        if name not in CONTEXT_ATTRIBUTES and _ATTRIBUTE_NAME.match(name):
+            headers["ce-" + name] = percent_encode(value)
     if event.content_type:
-        headers["Content-Type"] = "".join(c for c in event.content_type if " " <= c <= "~")
+        headers["Content-Type"] = _printable(event.content_type)
     headers["bridge-trigger"] = event.trigger
     headers["bridge-attempt"] = str(attempt)
     return headers
+
+
+def _printable(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c for c in text if " " <= c <= "~")
 
 
 def _passes_through(name: str, value: str) -> bool:
@@ -118,62 +135,62 @@ class Invoker:
     ) -> Outcome:
         """One attempt; ``timeout`` bounds the HTTP exchange, not the wait for a slot."""
         try:
-            async with target.route() as route:
-                started = time.monotonic()
-                outcome = await self._post(route.url, target, event, attempt, timeout, retryable)
-                elapsed = time.monotonic() - started
+            route = await target.acquire()
         except NoEndpoints as err:
             return Outcome(Verdict.RETRYABLE, "no_endpoints", detail=str(err))
-        return Outcome(
-            outcome.verdict,
-            outcome.reason,
-            status=outcome.status,
-            detail=outcome.detail,
-            retry_after=outcome.retry_after,
-            duration=elapsed,
-            overflow=route.overflow,
-        )
+        try:
+            return await self._post(route, target, event, attempt, timeout, retryable)
+        finally:
+            target.release(route)
 
     async def _post(  # noqa: PLR0917 - private, called once
         self,
-        url: str,
+        route: Route,
         target: Target,
         event: Event,
         attempt: int,
         timeout: float,
         retryable: Collection[int],
     ) -> Outcome:
+        started = time.monotonic()
         try:
             headers = build_headers(event, attempt, target.headers)
             async with asyncio.timeout(timeout):
                 # A redirect is an answer, not delivery: following a 301/302 would turn the
                 # POST into a GET without the event and count that GET's 2xx as delivered.
                 async with self._session.post(
-                    url, data=event.data, headers=headers, allow_redirects=False
+                    route.url, data=event.data, headers=headers, allow_redirects=False
                 ) as response:
-                    return await _judge(response, retryable)
+                    return await _judge(response, retryable, started, route.overflow)
         except TimeoutError:
-            return Outcome(
-                Verdict.RETRYABLE, "timeout", detail=f"no response within {timeout:g}s"
-            )
+            verdict, reason = Verdict.RETRYABLE, "timeout"
+            detail = f"no response within {timeout:g}s"
         except aiohttp.ClientConnectorError as err:
-            return Outcome(Verdict.RETRYABLE, "connect_error", detail=_short(err))
+            verdict, reason, detail = Verdict.RETRYABLE, "connect_error", _short(err)
         except (aiohttp.ClientError, OSError) as err:
-            return Outcome(Verdict.RETRYABLE, "connection_error", detail=_short(err))
+            verdict, reason, detail = Verdict.RETRYABLE, "connection_error", _short(err)
         except ValueError as err:  # a request that cannot be sent; sending again won't help
-            return Outcome(Verdict.PERMANENT, "invalid_request", detail=_short(err))
+            verdict, reason, detail = Verdict.PERMANENT, "invalid_request", _short(err)
+        return Outcome(verdict, reason, detail=detail, duration=time.monotonic() - started,
+                       overflow=route.overflow)
 
 
-async def _judge(response: aiohttp.ClientResponse, retryable: Collection[int]) -> Outcome:
+async def _judge(
+    response: aiohttp.ClientResponse, retryable: Collection[int], started: float, overflow: bool
+) -> Outcome:
     status = response.status
     verdict = classify_status(status, retryable)
     if verdict is Verdict.DELIVERED:
         await response.read()
-        return Outcome(verdict, "ok", status=status)
+        return Outcome(verdict, "ok", status=status, duration=time.monotonic() - started,
+                       overflow=overflow)
     body = await response.content.read(_DETAIL_BYTES)
-    detail = body.decode("utf-8", "replace").strip()
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    return Outcome(verdict, f"http_{status}", status=status, detail=detail, retry_after=retry_after)
+    return Outcome(
+        verdict, f"http_{status}", status=status,
+        detail=body.decode("utf-8", "replace").strip(),
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        duration=time.monotonic() - started, overflow=overflow,
+    )
 
 
 def _short(err: BaseException) -> str:

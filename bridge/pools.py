@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -87,8 +87,11 @@ _outstanding = operator.attrgetter("outstanding")
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """Where one attempt goes; hand it back with :meth:`Target.release`."""
+
     url: str
     overflow: bool = False
+    endpoint: Endpoint | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -107,26 +110,31 @@ class Target:
         if self.max_concurrency is not None:
             self._slots = asyncio.Semaphore(self.max_concurrency)
 
-    @asynccontextmanager
-    async def route(self) -> AsyncIterator[Route]:
-        """Hold a quota slot and an endpoint (or the overflow URL) for one attempt."""
-        if self.overflow_url is not None and not await self._capacity_within(self.overflow_after):
-            yield Route(self.overflow_url, overflow=True)
-            return
+    async def acquire(self) -> Route:
+        """A quota slot and an endpoint (or the overflow URL) for one attempt.
+
+        Raises NoEndpoints when the pool has no ready endpoint and there is no
+        overflow. (A pair of calls, not a context manager: this runs on every attempt.)
+        """
         if self.overflow_url is None:
             await self._take_slot()
-        try:
-            endpoint = self.pool.pick()
-            if endpoint is None:
-                raise NoEndpoints(f"function {self.name!r} has no ready endpoints")
-            endpoint.outstanding += 1
-            try:
-                yield Route(endpoint.url)
-            finally:
-                endpoint.outstanding -= 1
-        finally:
-            if self._slots is not None:
-                self._slots.release()
+        elif not await self._capacity_within(self.overflow_after):
+            return Route(self.overflow_url, overflow=True)
+        endpoint = self.pool.pick()
+        if endpoint is None:
+            self._release_slot()
+            raise NoEndpoints(f"function {self.name!r} has no ready endpoints")
+        endpoint.outstanding += 1
+        return Route(endpoint.url, endpoint=endpoint)
+
+    def release(self, route: Route) -> None:
+        if route.endpoint is not None:
+            route.endpoint.outstanding -= 1
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
 
     async def _take_slot(self) -> None:
         if self._slots is not None:
@@ -141,8 +149,8 @@ class Target:
                 taken = True
                 await self.pool.wait_ready()
         except BaseException as err:
-            if taken and self._slots is not None:
-                self._slots.release()
+            if taken:
+                self._release_slot()
             if isinstance(err, TimeoutError):
                 return False
             raise
