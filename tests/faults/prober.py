@@ -582,15 +582,17 @@ class KafkaSender:
 
     async def send(
         self, count: int, *, tag: Callable[[int], str] = lambda n: "", size: int = 0,
-        rate: float | None = None,
+        rate: float | None = None, key: Callable[[int], str] | None = None,
     ) -> list[str]:
-        """Send ``count`` records (``rate`` per second, or as fast as acks come)."""
+        """Send ``count`` records (``rate`` per second, or as fast as acks come); the key
+        of record ``n`` is ``key(n)``, by default ``k<n mod keys>``."""
         assert self._producer is not None
         pending = []
         for _ in range(count):
             number, body = self.probe.next_body(tag, size)
-            key = f"k{number % self.keys}".encode()
-            future = await self._producer.send(self.topic, value=body, key=key)
+            key_text = key(number) if key is not None else f"k{number % self.keys}"
+            key_bytes = key_text.encode()
+            future = await self._producer.send(self.topic, value=body, key=key_bytes)
             pending.append((number, body, future))
             if rate:
                 await asyncio.sleep(1 / rate)

@@ -133,6 +133,40 @@ async def test_sigterm_under_load_drains_commits_and_duplicates_nothing(
     report.check()
 
 
+async def test_sigterm_leaves_no_gap_behind_a_slow_key(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """``ordering: key`` runs the keys of one partition in parallel, so at a SIGTERM a
+    record can be waiting behind a slow one of its key while later offsets (other keys)
+    are already delivered. Left unstarted, it holds the partition's commit below them,
+    and the restart delivers them a second time. The drain must run it."""
+
+    def behaviour(request: Request, attempt: int) -> Answer:
+        return Answer(delay=1.5 if request.tag == "slow" else 0.01)
+
+    topic = kafka_broker.topic(partitions=1)
+    async with Prober("kafka: SIGTERM, a record behind a slow key", behaviour) as probe:
+        async with KafkaSender(probe, kafka_broker.bootstrap, topic) as sender:
+            await sender.send(22, tag=lambda n: "slow" if n == 0 else "",
+                              key=lambda n: "a" if n < 2 else f"b{n}")
+        config = daemon_config(probe.fn.url, kafka_source(kafka_broker.bootstrap, topic),
+                               file_sink(tmp_path))
+        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+            await probe.wait_deliveries(20)  # offsets 2..21; 0 is in flight, 1 waits for it
+            assert probe.fn.in_flight == 1
+            probe.fault_began("sigterm")
+            assert await bridge.terminate() == 0
+        committed = await kafka_broker.committed(f"g-{topic}", topic)
+        probe.fault_ended()
+        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
+            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
+            await probe.wait_handled(dead, timeout=30, bridge=bridge)
+            assert await bridge.terminate() == 0
+        report = await probe.report(dead, duplicate_bound=0, committed_at_stop=committed[0])
+    report.check()
+    assert committed == {0: 22}, "everything delivered before the stop is committed by it"
+
+
 async def test_rebalance_while_records_are_in_flight(
     kafka_broker: KafkaBroker, tmp_path: Path
 ) -> None:
