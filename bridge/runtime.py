@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -42,6 +42,14 @@ _STOP_TIMEOUT = 15.0
 #: broker (packets dropped: no refusal, only the client's 30 s request timeout) cannot
 #: hold every later trigger's start.
 _SINK_START_TIMEOUT = 5.0
+
+
+class Service(Protocol):
+    """A runtime companion with its own lifecycle (config reload, Lease, Trigger watch)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -86,7 +94,7 @@ class Runtime:
         self._functions: dict[str, FunctionConfig] = {}
         #: Started after the triggers, stopped before them: config reload, Lease, Trigger
         #: resources (see bridge.reload.wire). Each has start() and stop().
-        self.services: list[Any] = []
+        self.services: list[Service] = []
         #: Extra readiness checks by name (e.g. a Kubernetes watch refused by RBAC).
         self.probes: dict[str, Callable[[], bool]] = {}
         #: True while start() runs: not ready before every trigger is built (with no
@@ -155,6 +163,8 @@ class Runtime:
         changed = [n for n, u in self.units.items() if wanted.get(n) != u.trigger]
         for name in changed:
             await self.stop_unit(name)
+            if name not in wanted:
+                self.metrics.forget(name)  # removed: its series go too
         for name in [f for f, fn in self._functions.items() if config.functions.get(f) != fn]:
             # Changed or removed function: its triggers were stopped above; rebuild it.
             self._functions.pop(name)
