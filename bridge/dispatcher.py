@@ -25,10 +25,11 @@ delivered, and the restart would deliver those a second time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -271,19 +272,23 @@ class Dispatcher:
     async def _dead_letter(self, event: Event, outcome: Outcome, attempts: int) -> None:
         record = DeadLetter.of(event, self.trigger.function_name, outcome, attempts)
         failures = 0
-        while True:
-            try:
-                await self._parts.sink.write(record)
-                break
-            except Exception as err:
-                failures += 1
-                self._stats.dead_letter_failures += 1
-                delay = backoff(_SINK_RETRY, failures)
-                self._log.error(
-                    "dead-letter write failed; event stays unsettled",
-                    event_id=event.id, error=str(err)[:300], retry_in=round(delay, 3),
-                )
-                await self._pause(delay)
+        # A dead-letter write is no invocation: like the backoff, it lends its place, so
+        # a slow or hanging sink does not hold the trigger's concurrency from healthy
+        # events (they go on until max_unsettled events are open).
+        with self._lent():
+            while True:
+                try:
+                    await self._parts.sink.write(record)
+                    break
+                except Exception as err:
+                    failures += 1
+                    self._stats.dead_letter_failures += 1
+                    delay = backoff(_SINK_RETRY, failures)
+                    self._log.error(
+                        "dead-letter write failed; event stays unsettled",
+                        event_id=event.id, error=str(err)[:300], retry_in=round(delay, 3),
+                    )
+                    await self._sleep(delay)
         self._stats.dead_letter(outcome.reason)
         self._log.error(
             "dead-lettered", event_id=event.id, attempts=attempts, status=outcome.status,
@@ -301,13 +306,19 @@ class Dispatcher:
 
     async def _pause(self, delay: float) -> None:
         """Sleep between tries; an unordered event lends its place meanwhile."""
-        if self._ordering != "none":
+        with self._lent():
             await self._sleep(delay)
+
+    @contextlib.contextmanager
+    def _lent(self) -> Iterator[None]:
+        """An unordered event gives its running place to the backlog for the block."""
+        if self._ordering != "none":
+            yield
             return
         self._running -= 1
         self._start_backlog()
         try:
-            await self._sleep(delay)
+            yield
         finally:
             self._running += 1
 
