@@ -4,9 +4,10 @@ One RabbitMQ trigger (the fastest source to start) per case, 200 numbered messag
 after 50 deliveries the function, for 2 s: answers 500; answers 429 with
 ``Retry-After: 1``; hangs past the invocation timeout (300 ms); resets every
 connection; or is down entirely (listener closed, then back on the same port). The
-retry policy (12 attempts, 100-400 ms backoff) outlasts the 2 s, so every message must
-be delivered, none dead-lettered, and each case checks its own promise (Retry-After
-honoured, a hang costs the timeout and not the hang).
+retry policy (20 attempts, 100-400 ms backoff with jitter: at least 3.7 s of retrying)
+outlasts the 2 s, so every message must be delivered, none dead-lettered, and each
+case checks its own promise (Retry-After honoured, a hang costs the timeout and not
+the hang).
 
 Duplicate bound: 0, except "down", where a request the function answered 2xx just as
 its listener closed never reaches the bridge and is retried: at most the trigger's
@@ -81,7 +82,7 @@ async def test_function_fault_mid_stream(case: str, tmp_path: Path) -> None:
         trigger = {"rabbitmq": {"url": BROKER_URL, "queue": queue, "prefetch": 20}}
         config = daemon_config(
             probe.fn.url, trigger, {"file": {"path": str(tmp_path / "dl.jsonl")}},
-            retry={"max_attempts": 12, "initial_backoff": "100ms", "max_backoff": "400ms"},
+            retry={"max_attempts": 20, "initial_backoff": "100ms", "max_backoff": "400ms"},
             timeout=f"{TIMEOUT_S}s", concurrency=CONCURRENCY,
         )
         dead = FileDeadLetters(tmp_path / "dl.jsonl")
