@@ -16,14 +16,13 @@ from connectors.base import ConnectorContext
 from connectors.kafka import KafkaConnector, KafkaSourceError, ssl_context
 from tests.support.functions import RecordingFunction
 from tests.support.kafka import (
-    KafkaTlsFront,
     bridge_config,
     ready,
     running_bridge,
     start_broker,
     stop_broker,
 )
-from tests.support.rabbitmq import make_pki
+from tests.support.tls import TlsFront, make_pki
 
 
 def kafka_connector(text: str) -> KafkaConnector:
@@ -35,7 +34,7 @@ def kafka_connector(text: str) -> KafkaConnector:
 async def test_ssl_with_client_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pki = make_pki(tmp_path / "pki")
     other = make_pki(tmp_path / "other")
-    front = KafkaTlsFront(pki.ca, pki.server_cert, pki.server_key)
+    front = TlsFront(pki)
     broker = start_broker(tmp_path / "tansu.log", advertised=f"tcp://localhost:{front.port}")
     front.upstream_port = broker.port
     monkeypatch.setenv("TB_KAFKA_KEY_PASSWORD", pki.key_password)

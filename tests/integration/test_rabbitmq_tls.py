@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tests.support.daemon import BridgeProcess
 from tests.support.functions import Call, RecordingFunction, Reply
-from tests.support.rabbitmq import Broker, TlsProxy, bridge_yaml, eventually, make_pki
+from tests.support.rabbitmq import Broker, bridge_yaml, eventually
+from tests.support.tls import TlsFront, make_pki
 
 
 async def test_amqps_with_client_certificate(tmp_path: Path) -> None:
@@ -17,7 +18,11 @@ async def test_amqps_with_client_certificate(tmp_path: Path) -> None:
     def behaviour(call: Call, attempt: int) -> Reply:
         return Reply(422) if call.body == b"refuse" else Reply()
 
-    async with Broker() as broker, TlsProxy(pki) as proxy, RecordingFunction(behaviour) as fn:
+    async with (
+        Broker() as broker,
+        TlsFront(pki, upstream_port=5672) as proxy,
+        RecordingFunction(behaviour) as fn,
+    ):
         queue, dlq = await broker.queue(), await broker.queue()
         dlx = await broker.exchange("fanout")
         await broker.bind(dlq, dlx)

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import ssl
 import subprocess
 import time
 import uuid
@@ -273,66 +272,3 @@ async def running_bridge(config_text: str, drain_timeout: float = 5.0) -> AsyncI
 
 async def ready(runtime: Runtime, name: str = "orders", timeout: float = 30.0) -> None:
     await wait_until(lambda: runtime.readiness().get(name, False), timeout, f"{name} ready")
-
-
-class KafkaTlsFront:
-    """A TLS listener in front of a plaintext broker (what an SSL listener does).
-
-    Kafka clients connect to the *advertised* address after bootstrapping, so the broker
-    behind it must advertise this front: create it first (``port`` is fixed at
-    construction), start the broker with ``--advertised-listener-url
-    tcp://localhost:<port>``, then ``async with`` the front. It requires a client
-    certificate signed by ``ca`` when ``require_client_cert``; ``clients`` holds the
-    common names it verified.
-    """
-
-    def __init__(self, ca: Path, cert: Path, key: Path, require_client_cert: bool = True) -> None:
-        self.port = free_port()
-        self.upstream_port = 0
-        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca))
-        self._context.load_cert_chain(str(cert), str(key))
-        if require_client_cert:
-            self._context.verify_mode = ssl.CERT_REQUIRED
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.clients: list[str] = []
-
-    async def __aenter__(self) -> KafkaTlsFront:
-        self._server = await asyncio.start_server(
-            self._serve, "127.0.0.1", self.port, ssl=self._context
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peercert") or {}
-        subject = dict(pair[0] for pair in peer.get("subject", ()))
-        self.clients.append(str(subject.get("commonName", "")))
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            for w in (writer, up_writer):
-                self._writers.discard(w)
-                w.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, RuntimeError):
-        if writer.can_write_eof():
-            writer.write_eof()

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -247,93 +244,3 @@ async def publish_without_message_id(
         await channel.basic_qos(prefetch_count=1)
     finally:
         await connection.close()
-
-
-@dataclass(frozen=True)
-class Pki:
-    """A throw-away CA with a server certificate (localhost) and a client certificate."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path  # encrypted with ``key_password``
-    key_password: str = "tb-key-pass"
-
-
-def make_pki(directory: Path) -> Pki:
-    """Generate the PKI with the openssl CLI (EC keys: fast)."""
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True,
-                       capture_output=True, timeout=30)
-
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=tb-test-ca")
-    for name, cn, ext in (
-        ("server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ("client", "tb-bridge", "extendedKeyUsage=clientAuth"),
-    ):
-        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}")
-        (directory / f"{name}.ext").write_text(ext + "\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server.key",
-              directory / "client.pem", directory / "client-enc.key")
-    run("ec", "-in", "client.key", "-out", "client-enc.key", "-aes256",
-        "-passout", f"pass:{pki.key_password}")
-    return pki
-
-
-class TlsProxy:
-    """A TLS front for the broker (what an ``amqps://`` listener does): terminates TLS,
-    requires a client certificate signed by the CA, forwards bytes to 127.0.0.1:5672.
-    ``clients`` holds the common name of every verified client certificate."""
-
-    def __init__(self, pki: Pki, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
-        self._pki = pki
-        self._upstream = upstream
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.clients: list[str] = []
-        self.port = 0
-
-    async def __aenter__(self) -> TlsProxy:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self._pki.ca))
-        context.load_cert_chain(str(self._pki.server_cert), str(self._pki.server_key))
-        context.verify_mode = ssl.CERT_REQUIRED
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=context)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peercert") or {}
-        subject = dict(pair[0] for pair in peer.get("subject", ()))
-        self.clients.append(str(subject.get("commonName", "")))
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        self._writers |= {writer, up_writer}
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            for w in (writer, up_writer):
-                self._writers.discard(w)
-                w.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, RuntimeError):
-        if writer.can_write_eof():
-            writer.write_eof()
