@@ -90,8 +90,8 @@ class Event:
     def cancel(self) -> bool:
         """Abandon this event: cancel its processing and settle it ``ABANDONED``.
 
-        Used by cron ``Replace``; only for triggers without ordering lanes (a lane's
-        task runs several events).
+        Used by cron ``Replace``. The dispatcher's worker takes the cancellation as this
+        event's end and goes on with its next event.
         """
         task = self._task
         if task is None or task.done():

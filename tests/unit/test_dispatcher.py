@@ -420,6 +420,47 @@ async def test_cancel_settles_abandoned(rig: Rig) -> None:
     assert await dispatcher.drain(1)
 
 
+@pytest.mark.parametrize("ordering", ["none", "key"])
+async def test_a_cancelled_event_ends_alone_and_its_worker_goes_on(
+    rig: Rig, ordering: Ordering
+) -> None:
+    rig.fn.behaviour = lambda call, n: Reply(delay=0.8 if call.event_id == "first" else 0.0)
+    dispatcher = rig.dispatcher(resolved(rig.fn.url, concurrency=1), ordering=ordering)
+    first = rig.event("first", ordering_key="k", partition="p0")
+    second = rig.event("second", ordering_key="k", partition="p0")
+    await dispatcher.submit(first)
+    await dispatcher.submit(second)
+    await until(lambda: rig.fn.in_flight > 0)
+    assert first.cancel()
+    await rig.settlements.wait(2)
+    assert rig.settlements.by_id == {
+        "first": [Disposition.ABANDONED], "second": [Disposition.DELIVERED]
+    }
+    assert not second.cancel()
+    assert await dispatcher.drain(1)
+
+
+async def test_a_backoff_lends_its_place_and_attempts_stay_bounded(rig: Rig) -> None:
+    def behaviour(call: Call, n: int) -> Reply:
+        if call.event_id == "flaky" and n == 1:
+            return Reply(status=503)
+        return Reply(delay=0.2)
+
+    rig.fn.behaviour = behaviour
+    dispatcher = rig.dispatcher(resolved(rig.fn.url, concurrency=2, backoff="100ms"))
+    await dispatcher.submit(rig.event("flaky"))
+    await until(lambda: rig.fn.attempts.get("flaky") == 1)
+    for i in range(6):
+        await dispatcher.submit(rig.event(f"e{i}"))
+    await rig.settlements.wait(7)
+    # While "flaky" backed off, two others ran; back from its backoff it waited for a
+    # slot: never more than two attempts at once.
+    assert rig.fn.max_in_flight == 2
+    assert rig.fn.attempts["flaky"] == 2
+    assert dispatcher.unsettled == 0
+    assert await dispatcher.drain(1)
+
+
 async def test_settle_is_called_exactly_once(rig: Rig) -> None:
     dispatcher = rig.dispatcher()
     events = [rig.event(f"e{i}") for i in range(20)]
