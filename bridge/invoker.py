@@ -21,6 +21,8 @@ from collections.abc import Collection, Mapping
 
 import aiohttp
 
+from bridge import __version__
+from bridge.deadlines import Deadlines
 from bridge.events import CONTEXT_ATTRIBUTES, Event, format_time
 from bridge.outcome import (
     DEFAULT_RETRYABLE_STATUSES,
@@ -29,7 +31,7 @@ from bridge.outcome import (
     classify_status,
     parse_retry_after,
 )
-from bridge.pools import NoEndpoints, Route, Target
+from bridge.pools import NoEndpoints, Target
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _UNSAFE = re.compile(r'[^\x21\x23-\x24\x26-\x7e]')
@@ -41,6 +43,8 @@ _BRIDGE_OWNED = frozenset({"bridge-trigger", "bridge-attempt"})
 #: CloudEvents attribute names: lower-case ASCII letters and digits.
 _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
 _NO_HEADERS: Mapping[str, str] = {}
+#: Sent on every invocation (a function's own ``headers`` may replace it).
+USER_AGENT = f"trigger-bridge/{__version__}"
 
 
 def percent_encode(value: str) -> str:
@@ -113,6 +117,8 @@ class Invoker:
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
+        #: One timer per timeout length (see bridge.deadlines), shared by its triggers.
+        self._deadlines: dict[float, Deadlines] = {}
 
     @classmethod
     def session(cls, limit: int = 0) -> aiohttp.ClientSession:
@@ -122,7 +128,7 @@ class Invoker:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
+            headers={"User-Agent": USER_AGENT},
         )
 
     async def invoke(
@@ -138,59 +144,61 @@ class Invoker:
             route = await target.acquire()
         except NoEndpoints as err:
             return Outcome(Verdict.RETRYABLE, "no_endpoints", detail=str(err))
-        try:
-            return await self._post(route, target, event, attempt, timeout, retryable)
-        finally:
-            target.release(route)
-
-    async def _post(  # noqa: PLR0917 - private, called once
-        self,
-        route: Route,
-        target: Target,
-        event: Event,
-        attempt: int,
-        timeout: float,
-        retryable: Collection[int],
-    ) -> Outcome:
+        deadlines = self._deadlines.get(timeout) or self._deadlines.setdefault(
+            timeout, Deadlines(timeout)
+        )
         started = time.monotonic()
+        expiry = None
         try:
             headers = build_headers(event, attempt, target.headers)
-            async with asyncio.timeout(timeout):
-                # A redirect is an answer, not delivery: following a 301/302 would turn the
-                # POST into a GET without the event and count that GET's 2xx as delivered.
-                async with self._session.post(
-                    route.url, data=event.data, headers=headers, allow_redirects=False
-                ) as response:
-                    return await _judge(response, retryable, started, route.overflow)
+            expiry = deadlines.start()
+            # A redirect is an answer, not delivery: following a 301/302 would turn the
+            # POST into a GET without the event and count that GET's 2xx as delivered.
+            async with self._session.post(
+                route.url, data=event.data, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    await response.read()
+                    return Outcome(Verdict.DELIVERED, "ok", status,
+                                   duration=time.monotonic() - started, overflow=route.overflow)
+                return await _refused(response, retryable, started, route.overflow)
+        except asyncio.CancelledError:
+            if expiry is None or not deadlines.expired(expiry):
+                raise
+            verdict, reason, detail = Verdict.RETRYABLE, "timeout", _no_response(timeout)
         except TimeoutError:
-            verdict, reason = Verdict.RETRYABLE, "timeout"
-            detail = f"no response within {timeout:g}s"
+            verdict, reason, detail = Verdict.RETRYABLE, "timeout", _no_response(timeout)
         except aiohttp.ClientConnectorError as err:
             verdict, reason, detail = Verdict.RETRYABLE, "connect_error", _short(err)
         except (aiohttp.ClientError, OSError) as err:
             verdict, reason, detail = Verdict.RETRYABLE, "connection_error", _short(err)
         except ValueError as err:  # a request that cannot be sent; sending again won't help
             verdict, reason, detail = Verdict.PERMANENT, "invalid_request", _short(err)
+        finally:
+            if expiry is not None:
+                deadlines.finish(expiry)
+            target.release(route)
         return Outcome(verdict, reason, detail=detail, duration=time.monotonic() - started,
                        overflow=route.overflow)
 
 
-async def _judge(
+async def _refused(
     response: aiohttp.ClientResponse, retryable: Collection[int], started: float, overflow: bool
 ) -> Outcome:
+    """A non-2xx answer: retryable or permanent, with the start of its body as detail."""
     status = response.status
-    verdict = classify_status(status, retryable)
-    if verdict is Verdict.DELIVERED:
-        await response.read()
-        return Outcome(verdict, "ok", status=status, duration=time.monotonic() - started,
-                       overflow=overflow)
     body = await response.content.read(_DETAIL_BYTES)
     return Outcome(
-        verdict, f"http_{status}", status=status,
+        classify_status(status, retryable), f"http_{status}", status=status,
         detail=body.decode("utf-8", "replace").strip(),
         retry_after=parse_retry_after(response.headers.get("Retry-After")),
         duration=time.monotonic() - started, overflow=overflow,
     )
+
+
+def _no_response(timeout: float) -> str:
+    return f"no response within {timeout:g}s"
 
 
 def _short(err: BaseException) -> str:

@@ -19,7 +19,7 @@ import pytest
 from cloudevents.http import from_http
 
 from bridge.events import Event
-from bridge.invoker import Invoker, build_headers, percent_encode
+from bridge.invoker import USER_AGENT, Invoker, build_headers, percent_encode
 from bridge.outcome import Verdict
 from bridge.pools import BalancedPool, Target
 from tests.support.functions import Call, RecordingFunction, Reply
@@ -236,6 +236,19 @@ async def test_delivered(session: aiohttp.ClientSession) -> None:
         parsed = from_http(call.headers, call.body)
         assert parsed["id"] == "orders/3/1042"
         assert spec_decode(parsed["partitionkey"]) == "k 1"
+
+
+async def test_the_bridge_names_itself_unless_the_function_config_says_otherwise(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with RecordingFunction() as fn:
+        await Invoker(session).invoke(target_for(fn.url), event(), 1, timeout=5)
+        custom = target_for(fn.url, headers={"user-agent": "platform-x"})
+        await Invoker(session).invoke(custom, event(), 1, timeout=5)
+    agents = [[v for k, v in call.headers.items() if k.lower() == "user-agent"]
+              for call in fn.calls]
+    assert agents == [[USER_AGENT], ["platform-x"]]
+    assert USER_AGENT.startswith("trigger-bridge/")
 
 
 async def test_injection_attempts_never_reach_the_function(session: aiohttp.ClientSession) -> None:
