@@ -19,11 +19,12 @@ Scenarios (one JSON line per contender, then a summary line):
 - ``throughput``: ``--records`` records of ``--size`` bytes (1,000 keys, 4 partitions)
   are produced first; each contender then drains them with ``--concurrency``.
   Throughput = records / (last receipt - first receipt) at the function (start-up and
-  group join are not counted), plus each process's CPU per record (user + system over
-  its life, start-up included). Summary ``ratio`` = bridge / baseline (target >= 0.85),
-  for ``ordering: none`` (the baseline's semantics) and ``ordering: key`` (default);
-  with ``--repeat N`` the contenders run N rounds in alternating order and the summary
-  compares medians.
+  group join are not counted), plus each process's CPU per record: over its life
+  (start-up included) and ``steady`` (from the first record at the function to the
+  last, read from /proc: the per-record cost alone). Summary ``ratio`` = bridge /
+  baseline (target >= 0.85), for ``ordering: none`` (the baseline's semantics) and
+  ``ordering: key`` (default); with ``--repeat N`` the contenders run N rounds in
+  alternating order and the summary compares medians.
 - ``ordering``: one partition, ``--ordering-records`` records over 1,000 keys, a 50 ms
   function; the bridge with ``ordering: partition`` then ``ordering: key`` (trigger
   concurrency 1,000). Throughput = records / (last receipt - first receipt + delay).
@@ -295,6 +296,11 @@ class Contender:
             stderr=subprocess.DEVNULL,
         )
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) used so far, from /proc."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> float:
         """SIGTERM it and return the CPU seconds (user + system) it used in its life."""
         with contextlib.suppress(ProcessLookupError):
@@ -377,24 +383,30 @@ async def throughput(args: argparse.Namespace, broker: Broker, workdir: Path) ->
     await produce(broker.bootstrap, topic, args.records, args.size, keys)
     function = Function(0.0)
     figures: dict[str, list[float]] = {}
+    steadies: dict[str, list[float]] = {}
     try:
         async with aiohttp.ClientSession() as session:
             runs = [("baseline", "none"), ("bridge", "none"), ("bridge", "key")]
             for round_ in range(args.repeat):
                 for name, ordering in runs if round_ % 2 == 0 else runs[::-1]:
                     label = name if name == "baseline" else f"bridge_{ordering}"
-                    rate, cpu = await _drain(args, broker, workdir, topic, function=function,
-                                             session=session, name=name, ordering=ordering)
+                    rate, cpu, steady = await _drain(
+                        args, broker, workdir, topic, function=function, session=session,
+                        name=name, ordering=ordering)
                     figures.setdefault(label, []).append(rate)
+                    steadies.setdefault(label, []).append(steady)
                     emit(scenario="throughput", contender=label, round=round_ + 1,
                          records=args.records, size=args.size, concurrency=args.concurrency,
                          records_per_s=round(rate),
-                         cpu_us_per_record=round(cpu / args.records * 1e6))
+                         cpu_us_per_record=round(cpu / args.records * 1e6),
+                         steady_cpu_us_per_record=round(steady * 1e6))
     finally:
         function.stop()
     median = {label: statistics.median(rates) for label, rates in figures.items()}
     emit(scenario="throughput", summary=True, rounds=args.repeat,
          median_records_per_s={k: round(v) for k, v in median.items()},
+         median_steady_cpu_us_per_record={
+             k: round(statistics.median(v) * 1e6) for k, v in steadies.items()},
          ratio_none=round(median["bridge_none"] / median["baseline"], 3),
          ratio_key=round(median["bridge_key"] / median["baseline"], 3), target=0.85)
 
@@ -402,8 +414,10 @@ async def throughput(args: argparse.Namespace, broker: Broker, workdir: Path) ->
 async def _drain(
     args: argparse.Namespace, broker: Broker, workdir: Path, topic: str, *,
     function: Function, session: aiohttp.ClientSession, name: str, ordering: str,
-) -> tuple[float, float]:
-    """One contender consumes every record: (records/s at the function, CPU seconds)."""
+) -> tuple[float, float, float]:
+    """One contender consumes every record: (records/s at the function, CPU seconds over
+    its life, CPU seconds per record while records flowed: start-up and group join left
+    out)."""
     await function.reset(session)
     if name == "baseline":
         contender = start_baseline(broker.bootstrap, topic, function.url, args.concurrency)
@@ -412,10 +426,13 @@ async def _drain(
             broker.bootstrap, topic, function.url, ordering,
             concurrency=args.concurrency, workdir=workdir))
     try:
+        first = await function.wait_count(session, 1, args.timeout)
+        cpu_at_first = contender.cpu()
         stats = await function.wait_count(session, args.records, args.timeout)
+        steady = (contender.cpu() - cpu_at_first) / max(1, args.records - first["count"])
     finally:
         cpu = contender.stop()
-    return args.records / (stats["last"] - stats["first"]), cpu
+    return args.records / (stats["last"] - stats["first"]), cpu, steady
 
 
 async def ordering(args: argparse.Namespace, broker: Broker, workdir: Path) -> None:
