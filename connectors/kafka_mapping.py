@@ -15,8 +15,10 @@ A record that already is a CloudEvent keeps its own attributes (its own ``id``!)
 the CloudEvents Kafka protocol binding: *binary* mode (a ``ce_specversion`` header;
 ``ce_<attr>`` headers, ``content-type`` = datacontenttype, the value is the data) or
 *structured* mode (``content-type: application/cloudevents+json``: the value is the
-JSON envelope; ``data`` or ``data_base64`` is the data). The ``kafka*`` extensions are
-added unless the event has its own of that name. A malformed CloudEvent does not stop
+JSON envelope; ``data`` or ``data_base64`` is the data). :mod:`bridge.cloudevents`
+reads the envelope and checks the attributes (required ones, ``specversion`` 1.0,
+``time`` with an offset). The ``kafka*`` extensions are added unless the event has its
+own of that name. A malformed CloudEvent does not stop
 the partition: the event carries ``defect`` (the reason) and the dispatcher
 dead-letters it at once, with the original value, key and headers.
 """
@@ -24,32 +26,21 @@ dead-letters it at once, with the original value, key and headers.
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
+from bridge import cloudevents
+from bridge.cloudevents import CloudEventError, Problem
 from bridge.events import Event, Settler
 
 EVENT_TYPE = "dev.triggerbridge.kafka.record"
 HEADER_PREFIX = "kafka-header-"
-STRUCTURED = "application/cloudevents+json"
 
-_NAME = re.compile(r"^[a-z0-9]+$")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PRINTABLE = re.compile(rb"^[\x20-\x7e\t]*$")
-#: Context attributes with a place of their own in an Event (the rest are extensions).
-_CORE = frozenset({"specversion", "id", "source", "type", "time", "subject", "datacontenttype"})
-_JSON_TYPE = re.compile(r"^(application|text)/([a-z0-9.+-]*\+)?json\s*(;.*)?$", re.I)
-
-
-class CloudEventError(ValueError):
-    """The record claims to be a CloudEvent but is not a valid one."""
-
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -139,25 +130,21 @@ def _apply_cloudevent(event: Event, kafka: dict[str, str]) -> None:
     Nothing is changed unless the whole CloudEvent is valid (a defect keeps the record
     as it came, for the dead letter).
     """
-    content_type = event.content_type
-    data = event.data
-    if (content_type or "").split(";", 1)[0].strip().lower() == STRUCTURED:
-        attributes, data, content_type = _structured(event.data)
+    if cloudevents.is_structured(event.content_type):
+        cloudevent = cloudevents.parse_structured(event.data)
     elif any(name.lower() == "ce_specversion" for name, _ in event.headers):
-        attributes = _binary_attributes(event.headers)
-        content_type = content_type or attributes.get("datacontenttype")
+        binary = _binary_attributes(event.headers)
+        cloudevent = cloudevents.from_binary(binary, event.data, event.content_type)
     else:
         return
-    _check_required(attributes)
-    moment = _parse_time(attributes["time"]) if "time" in attributes else None
-    own = {k: v for k, v in attributes.items() if k not in _CORE}
+    attributes, own = cloudevent.attributes, cloudevent.extensions
     event.id = attributes["id"]
     event.source = attributes["source"]
     event.type = attributes["type"]
     event.subject = attributes.get("subject")
-    event.time = moment
-    event.data = data
-    event.content_type = content_type
+    event.time = cloudevent.time
+    event.data = cloudevent.data
+    event.content_type = cloudevent.content_type
     event.extensions = {**{k: v for k, v in kafka.items() if k not in own}, **own}
 
 
@@ -167,11 +154,9 @@ def _binary_attributes(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
         if not name.lower().startswith("ce_"):
             continue
         attribute = name[3:]
-        if not _NAME.match(attribute) or attribute == "data":
-            raise CloudEventError(
-                f"header {name!r}: {attribute!r} is not a valid CloudEvents attribute name "
-                "(lower-case letters and digits only)"
-            )
+        if not cloudevents.is_attribute_name(attribute) or attribute == "data":
+            bad_name = Problem.BAD_NAME.text(name=attribute)
+            raise CloudEventError(f"header {name!r}: {bad_name}")
         if attribute in attributes:
             raise CloudEventError(f"header {name!r} appears twice")
         try:
@@ -179,78 +164,3 @@ def _binary_attributes(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
         except UnicodeDecodeError:
             raise CloudEventError(f"header {name!r} is not UTF-8 text") from None
     return attributes
-
-
-def _structured(value: bytes) -> tuple[dict[str, str], bytes, str | None]:
-    """Parse a structured-mode envelope: (attributes, data bytes, data content type)."""
-    try:
-        envelope = json.loads(value)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CloudEventError(f"structured CloudEvent is not valid JSON: {err}") from None
-    if not isinstance(envelope, dict):
-        raise CloudEventError("structured CloudEvent must be a JSON object")
-    attributes: dict[str, str] = {}
-    for name, raw in envelope.items():
-        if name in ("data", "data_base64") or raw is None:
-            continue
-        if not _NAME.match(name):
-            raise CloudEventError(
-                f"{name!r} is not a valid CloudEvents attribute name "
-                "(lower-case letters and digits only)"
-            )
-        attributes[name] = _attribute_text(name, raw)
-    data_type = attributes.get("datacontenttype")
-    data, data_type = _structured_data(envelope, data_type)
-    return attributes, data, data_type
-
-
-def _attribute_text(name: str, raw: Any) -> str:
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, str):
-        return raw
-    if isinstance(raw, int | float):
-        return str(raw)
-    raise CloudEventError(f"attribute {name!r} must be a string, number or boolean")
-
-
-def _structured_data(envelope: dict[str, Any], data_type: str | None) -> tuple[bytes, str | None]:
-    if "data_base64" in envelope and envelope["data_base64"] is not None:
-        if envelope.get("data") is not None:
-            raise CloudEventError("structured CloudEvent has both 'data' and 'data_base64'")
-        encoded = envelope["data_base64"]
-        if not isinstance(encoded, str):
-            raise CloudEventError("'data_base64' must be a string")
-        try:
-            return base64.b64decode(encoded, validate=True), data_type
-        except (binascii.Error, ValueError):
-            raise CloudEventError("'data_base64' is not valid base64") from None
-    if envelope.get("data") is None:
-        return b"", data_type
-    data = envelope["data"]
-    if data_type is None:
-        data_type = "application/json"
-    if isinstance(data, str) and not _JSON_TYPE.match(data_type):
-        return data.encode("utf-8"), data_type
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), data_type
-
-
-def _check_required(attributes: dict[str, str]) -> None:
-    version = attributes.get("specversion")
-    if version is None:
-        raise CloudEventError("CloudEvent has no 'specversion'")
-    if version != "1.0":
-        raise CloudEventError(f"CloudEvents specversion {version!r} is not supported (only 1.0)")
-    for name in ("id", "source", "type"):
-        if not attributes.get(name):
-            raise CloudEventError(f"CloudEvent is missing the required attribute {name!r}")
-
-
-def _parse_time(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise CloudEventError(f"CloudEvent 'time' {text!r} is not an RFC 3339 timestamp") from None
-    if moment.tzinfo is None:
-        raise CloudEventError(f"CloudEvent 'time' {text!r} has no UTC offset")
-    return moment

@@ -30,8 +30,9 @@ them); those already being invoked finish, and their ack is the one that is lost
 **CloudEvents** (DESIGN section 4, details in docs/rabbitmq.md): ``id`` is the
 ``message_id`` or :func:`message_hash`; a message that already is a CloudEvent (AMQP
 binary mode ``cloudEvents:``/``cloudEvents_`` application properties, or a structured
-``application/cloudevents+json`` body) keeps its attributes; malformed CloudEvent
-properties make the event ``defect`` (dead-lettered at once, the rest keeps flowing).
+``application/cloudevents+json`` body, read and checked by :mod:`bridge.cloudevents`)
+keeps its attributes; a malformed CloudEvent makes the event ``defect`` (dead-lettered
+at once, the rest keeps flowing); some defects keep RabbitMQ's own words (``_WORDING``).
 
 **Dead-letter sink.** :func:`rabbit_sink` publishes the record to an exchange with
 publisher confirms and ``mandatory`` (an unroutable dead letter is an error, not a
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -51,7 +51,6 @@ import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
@@ -73,6 +72,8 @@ from aio_pika.abc import (
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
+from bridge import cloudevents
+from bridge.cloudevents import STRUCTURED, CloudEvent, CloudEventError, Problem
 from bridge.config import (
     DeadLetterConfig,
     RabbitSinkConfig,
@@ -88,7 +89,6 @@ from connectors.base import ConnectorContext
 EVENT_TYPE = "dev.triggerbridge.rabbitmq.message"
 #: Message headers reach the function as HTTP headers with this prefix.
 HEADER_PREFIX = "amqp-header-"
-STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 CE_PREFIXES = ("cloudEvents:", "cloudEvents_")
 #: Headers the broker adds or rewrites between deliveries of one message: left out of
 #: the id hash (a redelivery keeps its id) and of republished dead letters.
@@ -104,8 +104,6 @@ _PROPERTY_HEADERS = (
     ("type", "amqp-type"), ("content_encoding", "amqp-content-encoding"),
     ("priority", "amqp-priority"),
 )
-_CE_REQUIRED = ("id", "source", "type")
-_CE_NAME = re.compile(r"^[a-z0-9]+$")
 _CONNECT_TIMEOUT = 10.0
 _RECONNECT_INITIAL = 1.0
 _RECONNECT_MAX = 30.0
@@ -160,12 +158,16 @@ def _canonical(value: Any) -> Any:
 
 
 def _text(value: Any) -> str | None:
-    """A scalar header value as text, or None for tables, arrays and binary."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float | Decimal):
+    """A scalar header value as text, or None for tables, arrays and binary.
+
+    Strings, numbers and booleans as CloudEvents attributes write them
+    (:func:`bridge.cloudevents.scalar_text`), decimals, timestamps in RFC 3339, byte
+    arrays that are UTF-8.
+    """
+    text = cloudevents.scalar_text(value)
+    if text is not None:
+        return text
+    if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, datetime):
         return format_time(_utc(value))
@@ -191,25 +193,20 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-class Malformed(ValueError):
-    """A message claims to be a CloudEvent but is not a valid one."""
+#: How RabbitMQ words these defects in ``bridge-error-detail`` (tests and users match
+#: on them); the others read as :mod:`bridge.cloudevents` words them.
+_WORDING: Mapping[Problem, str] = {
+    Problem.NOT_JSON: f"{STRUCTURED} body is not JSON: {{error}}",
+    Problem.NOT_OBJECT: f"{STRUCTURED} body is not a JSON object",
+    Problem.BAD_BASE64: "'data_base64' is not base64",
+    Problem.NO_SPECVERSION: "CloudEvents specversion must be '1.0', got None",
+    Problem.BAD_SPECVERSION: "CloudEvents specversion must be '1.0', got {version!r}",
+    Problem.MISSING: "CloudEvents attribute(s) missing or empty: {names}",
+    Problem.NO_OFFSET: "CloudEvents time {text!r} has no time zone offset",
+}
 
 
-@dataclass(slots=True)
-class _CloudEvent:
-    """Attributes a message brings along when it already is a CloudEvent."""
-
-    id: str
-    source: str
-    type: str
-    time: datetime | None = None
-    subject: str | None = None
-    content_type: str | None = None
-    extensions: dict[str, str] | None = None
-    data: bytes | None = None  # structured mode only
-
-
-def binary_cloudevent(headers: Mapping[str, Any]) -> _CloudEvent | None:
+def binary_attributes(headers: Mapping[str, Any]) -> dict[str, str] | None:
     """Attributes from ``cloudEvents:``/``cloudEvents_`` application properties, if any."""
     found: dict[str, Any] = {}
     for name, value in headers.items():
@@ -218,86 +215,23 @@ def binary_cloudevent(headers: Mapping[str, Any]) -> _CloudEvent | None:
             continue
         attr = name[len(prefix):]
         if attr in found and found[attr] != value:
-            raise Malformed(f"{CE_PREFIXES[0]}{attr} and {CE_PREFIXES[1]}{attr} disagree")
+            raise CloudEventError(f"{CE_PREFIXES[0]}{attr} and {CE_PREFIXES[1]}{attr} disagree")
         found[attr] = value
-    if not found:
-        return None
-    return _attributes(found, "application property")
+    return {name: _property_text(name, value) for name, value in found.items()} or None
 
 
-def structured_cloudevent(body: bytes) -> _CloudEvent:
-    """A structured-mode CloudEvent (JSON format) body: its attributes and data."""
-    try:
-        envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise Malformed(f"{STRUCTURED_CONTENT_TYPE} body is not JSON: {err}") from None
-    if not isinstance(envelope, dict):
-        raise Malformed(f"{STRUCTURED_CONTENT_TYPE} body is not a JSON object")
-    data_b64 = envelope.pop("data_base64", None)
-    has_data = "data" in envelope
-    data_value = envelope.pop("data", None)
-    event = _attributes(envelope, "attribute")
-    if data_b64 is not None:
-        if has_data:
-            raise Malformed("both 'data' and 'data_base64' are set")
-        try:
-            event.data = base64.b64decode(str(data_b64), validate=True)
-        except (binascii.Error, ValueError):
-            raise Malformed("'data_base64' is not base64") from None
-    elif not has_data:
-        event.data = b""
-    elif isinstance(data_value, str) and not _is_json(event.content_type):
-        event.data = data_value.encode()
-    else:
-        event.content_type = event.content_type or "application/json"
-        event.data = json.dumps(data_value, separators=(",", ":"), ensure_ascii=False).encode()
-    return event
-
-
-def _is_json(content_type: str | None) -> bool:
-    if content_type is None:
-        return True
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media in ("application/json", "text/json") or media.endswith("+json")
-
-
-def _attributes(found: dict[str, Any], what: str) -> _CloudEvent:
-    texts: dict[str, str] = {}
-    for name, value in found.items():
-        if not _CE_NAME.match(name):
-            raise Malformed(f"invalid CloudEvents {what} name {name!r} (lower-case a-z0-9 only)")
-        text = _text(value)
-        if text is None:
-            raise Malformed(f"CloudEvents {what} {name!r} has a value that is not text")
-        texts[name] = text
-    version = texts.pop("specversion", None)
-    if version != "1.0":
-        raise Malformed(f"CloudEvents specversion must be '1.0', got {version!r}")
-    missing = [n for n in _CE_REQUIRED if not texts.get(n)]
-    if missing:
-        raise Malformed(f"CloudEvents {what}(s) missing or empty: {', '.join(missing)}")
-    event = _CloudEvent(id=texts.pop("id"), source=texts.pop("source"), type=texts.pop("type"))
-    raw_time = found.get("time")
-    texts.pop("time", None)
-    if raw_time is not None:
-        event.time = _parse_time(raw_time)
-    event.subject = texts.pop("subject", None)
-    event.content_type = texts.pop("datacontenttype", None)
-    event.extensions = texts
-    return event
-
-
-def _parse_time(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return _utc(value)
-    text = _text(value) or ""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise Malformed(f"CloudEvents time {text!r} is not an RFC 3339 timestamp") from None
-    if moment.tzinfo is None:
-        raise Malformed(f"CloudEvents time {text!r} has no time zone offset")
-    return _utc(moment)
+def _property_text(name: str, value: Any) -> str:
+    """An attribute's application property value as text (timestamps in RFC 3339)."""
+    if not cloudevents.is_attribute_name(name):
+        raise CloudEventError(
+            f"invalid CloudEvents application property name {name!r} (lower-case a-z0-9 only)"
+        )
+    text = _text(value)
+    if text is None:
+        raise CloudEventError(
+            f"CloudEvents application property {name!r} has a value that is not text"
+        )
+    return text
 
 
 def source_uri(vhost: str, queue: str) -> str:
@@ -328,8 +262,8 @@ class EventMapper:
         )
         try:
             self._fill(event, message, headers)
-        except Malformed as err:
-            event.defect = f"malformed CloudEvent: {err}"
+        except CloudEventError as err:
+            event.defect = f"malformed CloudEvent: {err.reason(_WORDING)}"
         except Exception as err:
             event.defect = f"cannot map message: {type(err).__name__}: {err}"[:300]
         if not event.id:
@@ -354,19 +288,20 @@ class EventMapper:
         cloudevent = self._cloudevent(message, headers)
         if cloudevent is not None:
             _apply(event, cloudevent)
-            extensions = {**extensions, **(cloudevent.extensions or {})}
+            extensions = {**extensions, **cloudevent.extensions}
         event.extensions = extensions
 
     @staticmethod
     def _cloudevent(
         message: AbstractIncomingMessage, headers: Mapping[str, Any]
-    ) -> _CloudEvent | None:
-        content_type = message.content_type
-        if content_type and content_type.split(";", 1)[0].strip().lower() == (
-            STRUCTURED_CONTENT_TYPE
-        ):
-            return structured_cloudevent(message.body)
-        return binary_cloudevent(headers) if headers else None
+    ) -> CloudEvent | None:
+        """The CloudEvent the message already is (structured or binary mode), if any."""
+        if cloudevents.is_structured(message.content_type):
+            return cloudevents.parse_structured(message.body)
+        attributes = binary_attributes(headers) if headers else None
+        if attributes is None:
+            return None
+        return cloudevents.from_binary(attributes, message.body, message.content_type)
 
     @staticmethod
     def _id(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> str:
@@ -409,18 +344,17 @@ def _header_safe(text: str) -> bool:
     return text.isascii() and text.isprintable()
 
 
-def _apply(event: Event, cloudevent: _CloudEvent) -> None:
-    event.id = cloudevent.id
-    event.source = cloudevent.source
-    event.type = cloudevent.type
-    event.subject = cloudevent.subject
+def _apply(event: Event, cloudevent: CloudEvent) -> None:
+    """The message's own attributes and data; without ``time`` it keeps the timestamp."""
+    attributes = cloudevent.attributes
+    event.id = attributes["id"]
+    event.source = attributes["source"]
+    event.type = attributes["type"]
+    event.subject = attributes.get("subject")
     if cloudevent.time is not None:
-        event.time = cloudevent.time
-    if cloudevent.data is not None:
-        event.data = cloudevent.data
-        event.content_type = cloudevent.content_type
-    elif not event.content_type:
-        event.content_type = cloudevent.content_type
+        event.time = _utc(cloudevent.time)
+    event.data = cloudevent.data
+    event.content_type = cloudevent.content_type
 
 
 # --- connections --------------------------------------------------------------------
