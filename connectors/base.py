@@ -87,7 +87,7 @@ SOURCES: dict[str, str] = {
 SINKS: dict[str, str] = {
     "file": "bridge.deadletter:file_sink",
     "kafka": "connectors.kafka:kafka_sink",
-    "rabbitmq": "connectors.rabbitmq:rabbit_sink",
+    "rabbitmq": "connectors.rabbitmq_sink:rabbit_sink",
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from aio_pika.abc import AbstractIncomingMessage
 from cloudevents.http import from_http
 
-from connectors.rabbitmq import message_hash
+from connectors.rabbitmq_mapping import message_hash
 from tests.support.daemon import BridgeProcess
 from tests.support.functions import Call, RecordingFunction, Reply
 from tests.support.rabbitmq import (

@@ -21,14 +21,9 @@ from bridge.leadership import AlwaysLeader
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
 from connectors.base import ConnectorContext
-from connectors.rabbitmq import (
-    RabbitConnector,
-    RabbitPublishSink,
-    RejectSink,
-    _BackoffConnection,
-    explain,
-    rabbit_sink,
-)
+from connectors.rabbitmq import RabbitConnector
+from connectors.rabbitmq_connection import _BackoffConnection, explain
+from connectors.rabbitmq_sink import RabbitPublishSink, RejectSink, rabbit_sink
 
 URL_ = "amqp://bridge:s3cret-pw@rabbit:5672/prod"
 

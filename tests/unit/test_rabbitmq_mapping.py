@@ -17,14 +17,9 @@ from pamqp.header import ContentHeader
 from bridge.config import RabbitSource
 from bridge.deadletter import DeadLetter
 from bridge.events import Event
-from connectors.rabbitmq import (
-    EVENT_TYPE,
-    EventMapper,
-    dead_letter_message,
-    message_hash,
-    source_uri,
-    vhost_of,
-)
+from connectors.rabbitmq_connection import vhost_of
+from connectors.rabbitmq_mapping import EVENT_TYPE, EventMapper, message_hash, source_uri
+from connectors.rabbitmq_sink import dead_letter_message
 
 
 def delivery(

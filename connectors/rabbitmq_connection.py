@@ -1,0 +1,156 @@
+"""Connections to RabbitMQ: TLS, a reconnect pause that grows, and secret-free errors.
+
+The connector consumes over a *robust* connection (``aio_pika.connect_robust``): it
+reconnects by itself after a broker restart or a dropped connection and restores the
+channel, qos, declarations and the consumer; :class:`_BackoffConnection` makes its
+fixed retry pause grow with the outage. The publish dead-letter sink uses a plain
+connection and reopens it on its next write. Whatever fails is explained in one line
+without the password (:func:`explain`), raised as :class:`RabbitSetupError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+import time
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions as amqp_errors
+from aio_pika.abc import AbstractConnection
+from aio_pika.robust_connection import RobustConnection
+from yarl import URL
+
+from bridge.config import TlsConfig
+from bridge.logs import redact_url
+
+_CONNECT_TIMEOUT = 10.0
+_RECONNECT_INITIAL = 1.0
+_RECONNECT_MAX = 30.0
+
+
+class RabbitSetupError(Exception):
+    """Could not connect, declare, consume or publish; the message says why (no secrets)."""
+
+
+def vhost_of(url: str) -> str:
+    """The virtual host an AMQP URL names (as aiormq reads it)."""
+    path = URL(url).path
+    return "/" if path in ("", "/") else path[1:].replace("%2F", "/")
+
+
+def ssl_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
+    """A client TLS context from the config's CA / client cert files, or None (defaults)."""
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file:
+        password = tls.key_password.get_secret_value() if tls.key_password else None
+        context.load_cert_chain(tls.cert_file, tls.key_file, password=password)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _BackoffConnection(RobustConnection):
+    """``connect_robust``'s connection with a pause between reconnect attempts that grows.
+
+    aio-pika retries every ``reconnect_interval``; here that pause is half the time the
+    connection has been down, kept within [1 s, 30 s]: attempts about 1, 2, 3, 4.5,
+    6.75 ... s after the loss (x1.5 each time), back to 1 s once connected again.
+    """
+
+    _initial = _RECONNECT_INITIAL
+    _lost_at: float | None = None
+
+    @property
+    def reconnect_interval(self) -> float:
+        if self._lost_at is None:
+            return self._initial
+        down = time.monotonic() - self._lost_at
+        return min(_RECONNECT_MAX, max(self._initial, down / 2))
+
+    @reconnect_interval.setter
+    def reconnect_interval(self, value: float) -> None:
+        self._initial = float(value)
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        await super()._on_connection_close(closing)
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        self._lost_at = None
+
+
+async def connect(
+    url: str, tls: TlsConfig | None, name: str, robust: bool = True
+) -> AbstractConnection:
+    """Open a connection (robust: reconnects by itself later); RabbitSetupError if not."""
+    options: dict[str, Any] = {
+        "timeout": _CONNECT_TIMEOUT,
+        "ssl_context": ssl_context(tls),
+        "client_properties": {"connection_name": f"trigger-bridge {name}"},
+    }
+    try:
+        if robust:
+            connection: AbstractConnection = await aio_pika.connect_robust(
+                url, connection_class=_BackoffConnection,
+                reconnect_interval=_RECONNECT_INITIAL, **options,
+            )
+        else:
+            connection = await aio_pika.connect(url, **options)
+    except Exception as err:
+        raise RabbitSetupError(explain(err, url)) from None
+    return connection
+
+
+def explain(err: BaseException, url: str, queue: str | None = None) -> str:
+    """A one-line, secret-free reason for a failed connect / declare / consume."""
+    where = redact_url(url)
+    vhost = vhost_of(url)
+    text = scrub(str(err) or type(err).__name__, url)
+    if isinstance(err, amqp_errors.ProbableAuthenticationError | amqp_errors.AuthenticationError):
+        reason = f"RabbitMQ at {where} refused the login: wrong user name or password ({text})"
+    elif isinstance(err, amqp_errors.ConnectionNotAllowed) or (
+        isinstance(err, amqp_errors.InvalidFrameError) and "Connection.Close" in text
+    ):
+        reason = (f"RabbitMQ at {where} refused virtual host {vhost!r}: it does not exist or "
+                  f"the user may not use it")
+    elif isinstance(err, amqp_errors.ChannelNotFoundEntity):
+        reason = (f"{_reply(text)} at {where}: create it, or add a 'declare' section to the "
+                  f"trigger" if queue else f"{_reply(text)} at {where}")
+    elif isinstance(err, amqp_errors.ChannelPreconditionFailed):
+        reason = f"the broker rejected the declared settings at {where}: {_reply(text)}"
+    elif isinstance(err, amqp_errors.ChannelAccessRefused):
+        reason = f"access refused at {where}: {_reply(text)}"
+    elif isinstance(err, ssl.SSLError | ssl.CertificateError) or "[SSL" in text:
+        reason = f"TLS handshake with {where} failed: {text}"
+    elif isinstance(err, OSError | TimeoutError | ConnectionError):
+        reason = f"cannot connect to RabbitMQ at {where}: {type(err).__name__}: {text}"
+    else:
+        reason = f"RabbitMQ error at {where}: {type(err).__name__}: {text}"
+    return reason[:500]
+
+
+def _reply(text: str) -> str:
+    """``... "NOT_FOUND - no queue 'x' in vhost '/'"`` -> ``no queue 'x' in vhost '/'``."""
+    match = re.search(r'"?[A-Z_]+ - ([^"]*)"?', text)
+    return match.group(1) if match else text
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` without the URL's password."""
+    password = URL(url).password
+    return text.replace(password, "***") if password else text
+
+
+async def close_quietly(connection: AbstractConnection) -> None:
+    """Close, whatever state it is in: nothing is left to save on a broken connection."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(10):
+            await connection.close()
