@@ -46,7 +46,7 @@ REQUIRED = ("id", "source", "type")
 #: Context attributes with a place of their own in an Event (the rest are extensions).
 CORE = frozenset({"specversion", "id", "source", "type", "time", "subject", "datacontenttype"})
 
-_NAME = re.compile(r"^[a-z0-9]+$")
+_NAME = re.compile(r"^[a-z0-9]+\Z")
 
 
 class Problem(enum.Enum):
@@ -179,7 +179,7 @@ def parse_structured(body: bytes) -> CloudEvent:
 def _envelope(body: bytes) -> dict[str, Any]:
     try:
         envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # (nested too deep)
         raise CloudEventError.of(Problem.NOT_JSON, error=str(err)) from None
     if not isinstance(envelope, dict):
         raise CloudEventError.of(Problem.NOT_OBJECT)

@@ -363,7 +363,7 @@ class FunctionConfig(Strict):
         return [self.url] if self.url else list(self.urls or [])
 
 
-_HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: Set by the bridge on every request; a static header may not replace them.
 _BRIDGE_HEADERS = frozenset(
     {"content-type", "content-length", "host", "transfer-encoding", "connection",

@@ -33,7 +33,7 @@ from bridge.outcome import (
 )
 from bridge.pools import NoEndpoints, Target
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _UNSAFE = re.compile(r'[^\x21\x23-\x24\x26-\x7e]')
 _DETAIL_BYTES = 512
 #: Headers a message may not set on the request; the bridge owns them.
@@ -41,7 +41,7 @@ _RESERVED = frozenset({"content-type", "content-length", "host", "transfer-encod
 #: Set last by the bridge; a message header of the same name (any case) is dropped.
 _BRIDGE_OWNED = frozenset({"bridge-trigger", "bridge-attempt"})
 #: CloudEvents attribute names: lower-case ASCII letters and digits.
-_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
+_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+\Z")
 _NO_HEADERS: Mapping[str, str] = {}
 #: Sent on every invocation (a function's own ``headers`` may replace it).
 USER_AGENT = f"trigger-bridge/{__version__}"

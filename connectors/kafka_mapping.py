@@ -39,8 +39,8 @@ from bridge.events import Event, Settler
 EVENT_TYPE = "dev.triggerbridge.kafka.record"
 HEADER_PREFIX = "kafka-header-"
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_PRINTABLE = re.compile(rb"^[\x20-\x7e\t]*$")
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_PRINTABLE = re.compile(rb"^[\x20-\x7e\t]*\Z")
 
 Headers = tuple[tuple[str, bytes], ...]
 

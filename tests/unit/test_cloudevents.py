@@ -102,6 +102,7 @@ def test_bad_data(members: dict[str, Any], problem: Problem) -> None:
         (b"{broken", Problem.NOT_JSON),
         (b"", Problem.NOT_JSON),
         ('{"id": "é"}'.encode("latin-1"), Problem.NOT_JSON),
+        (b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", Problem.NOT_JSON),  # too deep
         (b"[1, 2]", Problem.NOT_OBJECT),
         (b'"text"', Problem.NOT_OBJECT),
         (b"null", Problem.NOT_OBJECT),
@@ -117,7 +118,7 @@ def test_not_a_json_object(body: bytes, problem: Problem) -> None:
         assert str(error) == "structured CloudEvent must be a JSON object"
 
 
-@pytest.mark.parametrize("name", ["Bad", "bad-name", "bad_name", "ünï", "", "a b"])
+@pytest.mark.parametrize("name", ["Bad", "bad-name", "bad_name", "ünï", "", "a b", "id\n"])
 def test_bad_attribute_names(name: str) -> None:
     error = problem_of(envelope(**{name: "x"}))
     assert error.problem is Problem.BAD_NAME

@@ -163,6 +163,7 @@ def test_message_headers_pass_when_safe() -> None:
         {"X-Evil": "a\rb"},
         {"X-Evil": "nul\x00byte"},
         {"X-Evil\r\nX-Injected": "1"},
+        {"X-Evil\n": "1"},  # a trailing newline must not slip past the token check
         {"X Evil": "1"},
         {"X-Evil:": "1"},
         {"": "1"},
