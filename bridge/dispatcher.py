@@ -167,6 +167,9 @@ class Dispatcher:
             # More workers than places only after a lender came back: one of them leaves.
             while self._ready and self._workers <= self.trigger.concurrency:
                 event = self._ready.popleft()
+                if event.stale is not None and event.stale():
+                    self._withdraw(event)
+                    continue
                 event.attach(task)
                 try:
                     await self._process(event)
@@ -177,6 +180,14 @@ class Dispatcher:
                     self._lane_done(event)
         finally:
             self._workers -= 1
+
+    def _withdraw(self, event: Event) -> None:
+        """The source took the event back before it started: drop it, unsettled."""
+        self._stats.withdrawn += 1
+        if self._debug:
+            self._log.debug("withdrawn by the source before it started", event_id=event.id)
+        self._release(event)
+        self._lane_done(event)
 
     def _lane_done(self, event: Event) -> None:
         """The event's lane moves on to its next event (or closes)."""

@@ -6,7 +6,10 @@ data bytes untouched, what the dispatcher needs for ordering (``ordering_key`` a
 ``headers``, ``origin``). The connector that made it passes a ``settler``: the
 dispatcher calls :meth:`Event.settle` exactly once, after a 2xx from the function or a
 confirmed dead-letter write, and never before. An event that is not settled (the
-daemon stopped first) stays the source's to redeliver.
+daemon stopped first) stays the source's to redeliver. A source may also pass a
+``stale`` check: an event the source has already given up on (it will redeliver it)
+is withdrawn instead of being started, so a reconnect costs no duplicate invocations
+of what was still waiting.
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ class Event:
     #: If the first attempt cannot start by then, the event is abandoned (cron deadline).
     not_after: datetime | None = None
     settler: Settler = _no_settle
+    #: Set by a source that can take an event back before it starts: True once the
+    #: source will redeliver it anyway (e.g. its AMQP channel closed). The dispatcher
+    #: then never starts it; it is withdrawn, not settled.
+    stale: Callable[[], bool] | None = None
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
     _settled: Disposition | None = field(default=None, repr=False)
     _abandoned: bool = field(default=False, repr=False)

@@ -67,6 +67,7 @@ class TriggerStats:
     in_flight: int = 0
     unsettled: int = 0
     retries: int = 0
+    withdrawn: int = 0
     overflow: int = 0
     dead_letter_failures: int = 0
     ready: bool = False
@@ -137,6 +138,10 @@ class _TriggerCollector:
         settled = CounterMetricFamily(
             "bridge_events_settled", "Events settled, by disposition.", labels=[*t, "disposition"]
         )
+        withdrawn = CounterMetricFamily(
+            "bridge_events_withdrawn",
+            "Events the source took back before they started (it redelivers them).", labels=t,
+        )
         skipped = CounterMetricFamily(
             "bridge_cron_ticks_skipped",
             "Cron ticks not run, by reason (missed_deadline, forbid, not_leader).",
@@ -155,6 +160,7 @@ class _TriggerCollector:
             for reason, n in s.dead_letters.items():
                 dead.add_metric([*pair, reason], n)
             dead_failed.add_metric(name, s.dead_letter_failures)
+            withdrawn.add_metric(name, s.withdrawn)
             for disposition in DISPOSITIONS:
                 settled.add_metric([*name, disposition], s.settled.get(disposition, 0))
             for reason, n in s.cron_skipped.items():
@@ -162,7 +168,7 @@ class _TriggerCollector:
             if s.cron_lag is not None or s.cron_replaced:
                 replaced.add_metric(name, s.cron_replaced)
         yield from (received, invocations, retries, overflow, dead, dead_failed, settled,
-                    skipped, replaced)
+                    withdrawn, skipped, replaced)
 
     def _gauges(self, stats: list[TriggerStats]) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(

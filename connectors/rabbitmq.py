@@ -25,8 +25,9 @@ dropped connection and restores the channel, qos, declarations and the consumer
 (:mod:`connectors.rabbitmq_connection` makes its retry pause grow with the outage).
 While the connection or the consumer is down, :attr:`~RabbitConnector.ready` is False.
 Deliveries of the dead channel still waiting in the inbox are dropped (the broker has
-requeued them); those already being invoked finish, and their ack is the one that is
-lost.
+requeued them), and so are those the dispatcher holds but has not started (each event's
+``stale`` check asks whether its channel closed): they are withdrawn, not invoked. Only
+those already being invoked finish, and their ack is the one that is lost.
 
 **CloudEvents** (DESIGN section 4): :mod:`connectors.rabbitmq_mapping` turns each
 delivery into its Event: ``id`` is the ``message_id`` or a hash of the message; a
@@ -179,7 +180,9 @@ class RabbitConnector:
             if acks is None or message.delivery_tag is None:
                 self._m_stale.inc()  # its channel died: the broker has requeued it
                 continue
-            yield self._map(message, partial(self._settle, acks, message.delivery_tag))
+            event = self._map(message, partial(self._settle, acks, message.delivery_tag))
+            event.stale = acks.closed
+            yield event
 
     def _acks_for(self, message: AbstractIncomingMessage) -> AckBatcher | None:
         """The batcher of the delivery's channel, or None when that channel is closed."""

@@ -39,6 +39,10 @@ class AckBatcher:
         self._lock = asyncio.Lock()
         self._flushing = False
 
+    def closed(self) -> bool:
+        """True once the channel is closed: its deliveries are back with the broker."""
+        return bool(self.channel.is_closed)
+
     async def ack(self, tag: int) -> None:
         """Queue an ack; the first caller in a loop iteration sends the batch and
         raises if it could not be sent (the other callers have returned already)."""

@@ -461,6 +461,31 @@ async def test_a_backoff_lends_its_place_and_attempts_stay_bounded(rig: Rig) -> 
     assert await dispatcher.drain(1)
 
 
+@pytest.mark.parametrize("ordering", ["none", "key"])
+async def test_events_the_source_took_back_are_never_started(
+    rig: Rig, ordering: Ordering
+) -> None:
+    rig.fn.behaviour = lambda call, n: Reply(delay=0.3 if call.event_id == "first" else 0.0)
+    channel_open = [True]
+    dispatcher = rig.dispatcher(resolved(rig.fn.url, concurrency=1), ordering=ordering)
+    events = [rig.event(name, ordering_key="k", partition="p0",
+                        stale=lambda: not channel_open[0])
+              for name in ("first", "waiting-1", "waiting-2")]
+    for event in events:
+        await dispatcher.submit(event)
+    await until(lambda: rig.fn.in_flight > 0)
+    channel_open[0] = False  # the connection dropped: the broker has the others back
+    await until(lambda: dispatcher.unsettled == 0)
+    assert [call.event_id for call in rig.fn.calls] == ["first"]
+    assert rig.settlements.by_id == {"first": [Disposition.DELIVERED]}
+    assert rig.metric("bridge_events_withdrawn_total", trigger="orders") == 2
+    later = rig.event("after-reconnect", ordering_key="k", partition="p0")
+    await dispatcher.submit(later)  # the lane goes on with new deliveries
+    await rig.settlements.wait(2)
+    assert later.settled is Disposition.DELIVERED
+    assert await dispatcher.drain(1)
+
+
 async def test_settle_is_called_exactly_once(rig: Rig) -> None:
     dispatcher = rig.dispatcher()
     events = [rig.event(f"e{i}") for i in range(20)]
