@@ -90,8 +90,10 @@ class Dispatcher:
         self._ready: deque[Event] = deque()
         #: Lanes with an event ready or started -> their later events, in arrival order.
         self._lanes: dict[Hashable, deque[Event]] = {}
-        #: Workers holding a place (at most ``concurrency``, see ``_lent``).
+        #: Workers holding a place (at most ``concurrency``, see ``_lent``), and those of
+        #: them created but not yet running (each will take one ready event).
         self._workers = 0
+        self._starting = 0
         #: Arrival number of each open event, and per partition the highest one that
         #: started (reached the function or the dead-letter sink): see _overtaken.
         self._arrivals = 0
@@ -149,20 +151,23 @@ class Dispatcher:
         return ("p", event.partition)
 
     def _start_workers(self) -> None:
-        """Start workers while events are ready and places are free.
+        """Start a worker per ready event no starting worker will take, while places
+        are free.
 
         A worker takes ready events one after the other until none is left: under load
         no task is created per event, and nothing parks on a semaphore (both cost more
         than the rest of the dispatcher's work per event).
         """
-        while self._ready and self._workers < self.trigger.concurrency:
+        while len(self._ready) > self._starting and self._workers < self.trigger.concurrency:
             self._workers += 1
+            self._starting += 1
             task = asyncio.create_task(self._work())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _work(self) -> None:
         task = asyncio.current_task()
+        self._starting -= 1
         try:
             # More workers than places only after a lender came back: one of them leaves.
             while self._ready and self._workers <= self.trigger.concurrency:

@@ -486,6 +486,18 @@ async def test_events_the_source_took_back_are_never_started(
     assert await dispatcher.drain(1)
 
 
+async def test_an_event_starts_one_worker_not_a_whole_pool(rig: Rig) -> None:
+    dispatcher = rig.dispatcher(resolved(rig.fn.url, concurrency=50))
+    before = len(asyncio.all_tasks())
+    await dispatcher.submit(rig.event("one"))
+    assert len(asyncio.all_tasks()) - before == 1
+    for i in range(3):
+        await dispatcher.submit(rig.event(f"more-{i}"))
+    assert len(asyncio.all_tasks()) - before == 4  # one per ready event, up to concurrency
+    await rig.settlements.wait(4)
+    assert await dispatcher.drain(1)
+
+
 async def test_settle_is_called_exactly_once(rig: Rig) -> None:
     dispatcher = rig.dispatcher()
     events = [rig.event(f"e{i}") for i in range(20)]
