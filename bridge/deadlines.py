@@ -22,12 +22,14 @@ _SLACK = 0.001
 class Expiry:
     """One operation's deadline."""
 
-    __slots__ = ("expired", "task", "when")
+    __slots__ = ("expired", "settled", "task", "when")
 
     def __init__(self, task: asyncio.Task[object], when: float) -> None:
         self.task = task
         self.when = when
+        #: The deadline cancelled the task; ``settled`` once that cancel was taken back.
         self.expired = False
+        self.settled = False
 
 
 class Deadlines:
@@ -49,14 +51,24 @@ class Deadlines:
         return expiry
 
     def finish(self, expiry: Expiry) -> None:
-        """The operation ended (in any way): its deadline no longer applies."""
+        """The operation ended (in any way): its deadline no longer applies.
+
+        Like ``asyncio.timeout``, a cancel this deadline requested is taken back even if
+        the operation swallowed the ``CancelledError``: it must not stay on the task.
+        """
         self._pending.pop(expiry, None)
+        if expiry.expired and not expiry.settled:
+            expiry.settled = True
+            expiry.task.uncancel()
 
     @staticmethod
     def expired(expiry: Expiry) -> bool:
         """Called on ``CancelledError``: True when this deadline caused it and nothing
         else cancelled the task meanwhile (the task is then uncancelled)."""
-        return expiry.expired and expiry.task.uncancel() == 0
+        if not expiry.expired or expiry.settled:
+            return False
+        expiry.settled = True
+        return expiry.task.uncancel() == 0
 
     def _fire(self) -> None:
         self._timer = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -73,3 +74,15 @@ async def test_a_cancellation_arriving_with_the_expiry_still_propagates() -> Non
     time.sleep(0.15)  # noqa: ASYNC251 - block the loop: both timers fall due in one pass
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_an_expiry_the_operation_swallowed_leaves_no_cancel_on_the_task() -> None:
+    deadlines = Deadlines(0.02)
+    expiry = deadlines.start()
+    with contextlib.suppress(asyncio.CancelledError):  # swallowed, as libraries may
+        await asyncio.sleep(1)
+    deadlines.finish(expiry)
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    await asyncio.sleep(0.01)  # and the task goes on normally
