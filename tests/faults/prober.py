@@ -441,6 +441,33 @@ class Prober:
 
     # --- waiting and accounting ---
 
+    async def kill_mid_stream(
+        self, config: str, workdir: Path, *, times: int, every: int, timeout: float = 30.0
+    ) -> None:
+        """Start a daemon on ``config`` and SIGKILL it after ``every`` more deliveries,
+        ``times`` times over, each time before everything was delivered. Each kill is a
+        fault; it ends (recovery counts) when the next daemon is spawned."""
+        for _ in range(times):
+            if self.faults:
+                self.fault_ended()
+            async with BridgeProcess(config, workdir, wait_ready=True) as bridge:
+                await self.wait_deliveries(len(self.fn.delivered_ids()) + every, timeout)
+                self.fault_began("sigkill")
+                await bridge.kill()
+            assert len(self.fn.delivered_ids()) < len(self.sent), "killed mid-stream"
+        self.fault_ended()
+
+    async def final_run(
+        self, config: str, workdir: Path, timeout: float = 60.0
+    ) -> FileDeadLetters:
+        """A last daemon on ``config`` handles whatever is left, then stops cleanly (exit
+        0); returns the file dead letters (see :func:`file_sink`) for the report."""
+        dead = file_dead_letters(workdir)
+        async with BridgeProcess(config, workdir, wait_ready=True) as bridge:
+            await self.wait_handled(dead, timeout=timeout, bridge=bridge)
+            assert await bridge.terminate() == 0
+        return dead
+
     async def wait_handled(
         self, dead: DeadLetters | None = None, timeout: float = 60.0,
         ids: Iterable[str] | None = None, bridge: BridgeProcess | None = None,
@@ -660,6 +687,15 @@ def daemon_config(
                       **trigger}],
     }
     return yaml.safe_dump(document, sort_keys=False)
+
+
+def file_sink(workdir: Path) -> dict[str, Any]:
+    """The file dead-letter sink the probes read back (:func:`file_dead_letters`)."""
+    return {"file": {"path": str(workdir / "dead-letters.jsonl")}}
+
+
+def file_dead_letters(workdir: Path) -> FileDeadLetters:
+    return FileDeadLetters(workdir / "dead-letters.jsonl")
 
 
 def kafka_source(bootstrap: str, topic: str, **options: Any) -> dict[str, Any]:

@@ -32,12 +32,13 @@ import pytest_asyncio
 
 from tests.faults.prober import (
     Answer,
-    FileDeadLetters,
     KafkaDeadLetters,
     KafkaSender,
     Prober,
     Request,
     daemon_config,
+    file_dead_letters,
+    file_sink,
     healthy,
     kafka_source,
 )
@@ -49,10 +50,6 @@ pytestmark = pytest.mark.faults
 
 MAX_UNSETTLED = 50
 UNCOMMITTED_S = 0.2 + 1.0
-
-
-def file_sink(tmp_path: Path) -> dict[str, object]:
-    return {"file": {"path": str(tmp_path / "dead-letters.jsonl")}}
 
 
 def assigned(bridge: BridgeProcess) -> float:
@@ -87,19 +84,8 @@ async def test_sigkill_three_times_mid_stream(kafka_broker: KafkaBroker, tmp_pat
             await sender.send(600, tag=every_50th)
         source = kafka_source(kafka_broker.bootstrap, topic, max_unsettled=MAX_UNSETTLED)
         config = daemon_config(probe.fn.url, source, file_sink(tmp_path))
-        for _ in range(3):
-            if probe.faults:
-                probe.fault_ended()  # recovery counts from the start of the new process
-            async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-                await probe.wait_deliveries(len(probe.fn.delivered_ids()) + 100, timeout=40)
-                probe.fault_began("sigkill")
-                await bridge.kill()
-            assert len(probe.fn.delivered_ids()) < len(probe.sent), "killed mid-stream"
-        probe.fault_ended()
-        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60, bridge=bridge)
-            assert await bridge.terminate() == 0
+        await probe.kill_mid_stream(config, tmp_path, times=3, every=100, timeout=40)
+        dead = await probe.final_run(config, tmp_path)
         bound = probe.duplicate_bound(in_flight=MAX_UNSETTLED, uncommitted_s=UNCOMMITTED_S)
         report = await probe.report(dead, duplicate_bound=bound)
     report.check(dead_lettered=probe.ids_tagged("refuse"))
@@ -125,10 +111,7 @@ async def test_sigterm_under_load_drains_commits_and_duplicates_nothing(
             drain_s = round(time.monotonic() - started, 3)
         assert len(probe.fn.delivered_ids()) < len(probe.sent), "stopped mid-stream"
         probe.fault_ended()
-        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60, bridge=bridge)
-            assert await bridge.terminate() == 0
+        dead = await probe.final_run(config, tmp_path)
         report = await probe.report(dead, duplicate_bound=0, drain_s=drain_s)
     report.check()
 
@@ -158,10 +141,7 @@ async def test_sigterm_leaves_no_gap_behind_a_slow_key(
             assert await bridge.terminate() == 0
         committed = await kafka_broker.committed(f"g-{topic}", topic)
         probe.fault_ended()
-        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=30, bridge=bridge)
-            assert await bridge.terminate() == 0
+        dead = await probe.final_run(config, tmp_path, timeout=30)
         report = await probe.report(dead, duplicate_bound=0, committed_at_stop=committed[0])
     report.check()
     assert committed == {0: 22}, "everything delivered before the stop is committed by it"
@@ -189,7 +169,7 @@ async def test_rebalance_while_records_are_in_flight(
             await until(lambda: assigned(a) == 4, 30, "a takes every partition back")
             probe.fault_ended()
             assert len(probe.fn.delivered_ids()) < len(probe.sent), "rebalanced mid-stream"
-            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
+            dead = file_dead_letters(tmp_path)
             await probe.wait_handled(dead, timeout=60, bridge=a)
             assert await a.terminate() == 0
         report = await probe.report(dead, duplicate_bound=0)
@@ -314,7 +294,7 @@ async def test_broker_connection_cut_blackholed_and_reset(
                 proxy.set_mode("pass")
                 probe.fault_ended()
             assert len(probe.fn.delivered_ids()) < len(probe.sent), "faults hit mid-stream"
-            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
+            dead = file_dead_letters(tmp_path)
             await probe.wait_handled(dead, timeout=60, bridge=bridge)
             await until(lambda: bridge.get_status("/readyz") == 200, 20, "ready again")
             assert await bridge.terminate() == 0

@@ -24,12 +24,13 @@ import pytest
 
 from tests.faults.prober import (
     Answer,
-    FileDeadLetters,
     Prober,
     RabbitDeadLetters,
     RabbitSender,
     Request,
     daemon_config,
+    file_dead_letters,
+    file_sink,
     healthy,
 )
 from tests.support.daemon import BridgeProcess
@@ -71,10 +72,6 @@ def rabbit(queue: str, prefetch: int) -> dict[str, object]:
     return {"rabbitmq": {"url": BROKER_URL, "queue": queue, "prefetch": prefetch}}
 
 
-def file_sink(tmp_path: Path) -> dict[str, object]:
-    return {"file": {"path": str(tmp_path / "dead-letters.jsonl")}}
-
-
 def refuse_some(request: Request, attempt: int) -> Answer:
     """Healthy, except the messages tagged ``refuse``: a 422, dead-lettered at once (so
     dead-letter writes are in flight at the kills too)."""
@@ -91,19 +88,8 @@ async def test_sigkill_three_times_mid_stream(tmp_path: Path) -> None:
         queue = await broker.queue(durable=True)
         await RabbitSender(probe, broker, queue).send(450, tag=every_50th)
         config = daemon_config(probe.fn.url, rabbit(queue, prefetch), file_sink(tmp_path))
-        for _ in range(3):
-            if probe.faults:
-                probe.fault_ended()  # recovery counts from the start of the new process
-            async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-                await probe.wait_deliveries(len(probe.fn.delivered_ids()) + 80)
-                probe.fault_began("sigkill")
-                await bridge.kill()
-            assert len(probe.fn.delivered_ids()) < len(probe.sent), "killed mid-stream"
-        probe.fault_ended()
-        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60, bridge=bridge)
-            assert await bridge.terminate() == 0
+        await probe.kill_mid_stream(config, tmp_path, times=3, every=80)
+        dead = await probe.final_run(config, tmp_path)
         assert await broker.count(queue) == 0
         bound = probe.duplicate_bound(in_flight=prefetch, uncommitted_s=0)
         report = await probe.report(dead, duplicate_bound=bound)
@@ -125,10 +111,7 @@ async def test_sigterm_under_load_drains_and_duplicates_nothing(tmp_path: Path) 
         left = len(probe.sent) - len(probe.fn.delivered_ids())
         assert left > 0, "stopped mid-stream"
         probe.fault_ended()
-        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60, bridge=bridge)
-            assert await bridge.terminate() == 0
+        dead = await probe.final_run(config, tmp_path)
         assert await broker.count(queue) == 0
         report = await probe.report(dead, duplicate_bound=0, drain_s=drain_s)
     report.check()
@@ -158,10 +141,7 @@ async def test_sigterm_past_the_drain_timeout_exits_and_loses_nothing(tmp_path: 
             exit_s = round(time.monotonic() - started, 3)
         slow = False
         probe.fault_ended()
-        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
-            await probe.wait_handled(dead, timeout=60, bridge=bridge)
-            assert await bridge.terminate() == 0
+        dead = await probe.final_run(config, tmp_path)
         await eventually(lambda: probe.fn.in_flight == 0, what="abandoned requests answered")
         assert await broker.count(queue) == 0
         report = await probe.report(dead, duplicate_bound=concurrency, exit_s=exit_s)
@@ -186,7 +166,7 @@ async def test_broker_restart_mid_stream(tmp_path: Path) -> None:
             assert mark.ended is not None
             outage_s = round(mark.ended - mark.began, 3)
             assert len(probe.fn.delivered_ids()) < len(probe.sent), "restarted mid-stream"
-            dead = FileDeadLetters(tmp_path / "dead-letters.jsonl")
+            dead = file_dead_letters(tmp_path)
             await probe.wait_handled(dead, timeout=60, bridge=bridge)
             await eventually(lambda: bridge.get_status("/readyz") == 200, what="ready again")
             assert bridge.metric("bridge_rabbitmq_reconnects_total") >= 1
