@@ -1,4 +1,4 @@
-"""Command line: ``trigger-bridge run|validate|demo|schedule`` (DESIGN section 2).
+"""Command line: ``trigger-bridge run|validate|demo|schedule|import-cronjobs`` (DESIGN 2).
 
 User errors (a bad config, a bad expression, a bad setting) print one line per problem
 and exit 2; they never print a traceback.
@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
@@ -70,6 +71,28 @@ def _parser() -> argparse.ArgumentParser:
     schedule.add_argument("--from", dest="start", help="ISO 8601 start (default: now)")
     schedule.add_argument("--count", type=int, default=5, help="how many (default 5)")
     schedule.set_defaults(handler=_schedule)
+
+    imports = commands.add_parser(
+        "import-cronjobs", help="convert Kubernetes CronJob manifests into cron triggers",
+        description="Read CronJob manifests (FILE or - for stdin) and print trigger config; "
+        "the report goes to stderr. Exit 0: all converted; 1: some CronJobs not converted "
+        "(the rest are printed); 2: unreadable input or bad options.",
+    )
+    imports.add_argument("file", metavar="FILE|-", help="manifests (YAML or JSON), - for stdin")
+    target = imports.add_mutually_exclusive_group()
+    target.add_argument("--function", help="function of every trigger (unless annotated)")
+    target.add_argument("--function-template",
+                        help="function name from {namespace} and {name} (default: {name})")
+    imports.add_argument("--as-crd", action="store_true", help="write Trigger resources")
+    imports.add_argument("--namespace", help="metadata.namespace of the Trigger resources")
+    imports.add_argument("--time-zone", default="UTC",
+                         help="zone of CronJobs without one (default UTC)")
+    imports.add_argument("--name-template",
+                         help="trigger names (default {name}; {namespace}-{name} if mixed)")
+    imports.add_argument("--dead-letter-file", default="dead-letters.jsonl",
+                         help="file sink put in defaults.dead_letter (config output)")
+    imports.add_argument("-o", "--output", help="write here instead of stdout")
+    imports.set_defaults(handler=_import_cronjobs)
     return parser
 
 
@@ -180,6 +203,40 @@ def _schedule(args: argparse.Namespace) -> int:
             ) from None
         print(moment.isoformat())
     return EXIT_OK
+
+
+def _import_cronjobs(args: argparse.Namespace) -> int:
+    from bridge.cronjobs import ImportFailure, ImportOptions, import_cronjobs
+
+    source = "<stdin>" if args.file == "-" else args.file
+    try:
+        text = sys.stdin.read() if args.file == "-" else _read_text(args.file)
+        result = import_cronjobs(text, source, ImportOptions(
+            function=args.function, function_template=args.function_template,
+            as_crd=args.as_crd, namespace=args.namespace, time_zone=args.time_zone,
+            name_template=args.name_template, dead_letter_file=args.dead_letter_file,
+        ))
+    except ImportFailure as err:
+        raise _UsageError([str(err)]) from None
+    for line in result.report:
+        print(line, file=sys.stderr)
+    if args.output:
+        try:
+            Path(args.output).write_text(result.output, encoding="utf-8")
+        except OSError as err:
+            raise _UsageError([f"cannot write {args.output}: {err.strerror}"]) from None
+    else:
+        sys.stdout.write(result.output)
+    return result.exit_code
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise _UsageError([f"cannot read {path}: {err.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise _UsageError([f"{path} is not UTF-8 text"]) from None
 
 
 def _parse_start(text: str, zone: ZoneInfo) -> datetime:
