@@ -1,4 +1,4 @@
-"""Command line: ``trigger-bridge run|validate|demo|schedule|import-cronjobs`` (DESIGN 2).
+"""Command line: ``trigger-bridge run|validate|demo|schedule|import-cronjobs|schema``.
 
 User errors (a bad config, a bad expression, a bad setting) print one line per problem
 and exit 2; they never print a traceback.
@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="file sink put in defaults.dead_letter (config output)")
     imports.add_argument("-o", "--output", help="write here instead of stdout")
     imports.set_defaults(handler=_import_cronjobs)
+
+    schema = commands.add_parser(
+        "schema", help="print the JSON Schema of the config file (or the Trigger CRD)")
+    schema.add_argument("--crd", action="store_true",
+                        help="print the Trigger CustomResourceDefinition (deploy/crds/)")
+    schema.set_defaults(handler=_schema)
     return parser
 
 
@@ -202,6 +208,13 @@ def _schedule(args: argparse.Namespace) -> int:
                 [f"schedule: no fire time after {moment.isoformat()} within years 1-9999"]
             ) from None
         print(moment.isoformat())
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from bridge.schema import config_schema_json, crd_yaml
+
+    sys.stdout.write(crd_yaml() if args.crd else config_schema_json())
     return EXIT_OK
 
 
