@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import fcntl
 import json
 import os
 from dataclasses import dataclass, field
@@ -96,12 +98,24 @@ class Sink(Protocol):
 
 
 class FileSink:
-    """JSON lines, appended and (by default) fsynced before ``write`` returns."""
+    """JSON lines, appended and (by default) fsynced before ``write`` returns.
+
+    Durable and whole: the file and, when this sink created it, its directory entry
+    are fsynced before ``write`` returns (a new file's name survives a power loss too).
+    A failed or partial write (``ENOSPC`` after half a record, a failed fsync) is
+    truncated back to the size before it, so no torn line stays behind for a reader or
+    the next record; a file that does not end in a newline (a record torn by a crash)
+    gets the next record on a new line. Appends hold ``flock`` on the file, so writers
+    in other threads or processes never see each other's half-written or taken-back
+    records.
+    """
 
     def __init__(self, config: FileSinkConfig) -> None:
         self.path = config.path
         self._fsync = config.fsync
         self._lock = asyncio.Lock()
+        #: The directory is fsynced once per sink (and whenever this sink creates the file).
+        self._dir_synced = False
 
     async def start(self) -> None:
         """Nothing to connect; a missing directory is reported on the first write."""
@@ -112,18 +126,51 @@ class FileSink:
             await asyncio.to_thread(self._append, line)
 
     def _append(self, line: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd, created = _open_for_append(self.path)
         try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self._fsync:
-                os.fsync(fd)
+            if self._fsync and (created or not self._dir_synced):
+                _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+                self._dir_synced = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a record torn by a crash before: start a new line
+            try:
+                _write_all(fd, line)
+                if self._fsync:
+                    os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # take the partial record back
+                raise
         finally:
-            os.close(fd)
+            os.close(fd)  # also releases the flock
 
     async def close(self) -> None:
         """Every write is already on disk."""
+
+
+def _open_for_append(path: str) -> tuple[int, bool]:
+    """(fd, created): read-write (to see the last byte) and append-only writes."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+    try:
+        return os.open(path, flags | os.O_EXCL, 0o640), True
+    except FileExistsError:
+        return os.open(path, flags, 0o640), False
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def file_sink(config: DeadLetterConfig, trigger: ResolvedTrigger) -> FileSink:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
+import os
+import stat
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,3 +178,98 @@ def test_factory_builds_a_file_sink_from_config() -> None:
     assert isinstance(sink, FileSink)
     assert sink.path == "/tmp/x.jsonl"
     assert DeadLetterConfig(file=FileSinkConfig(path="p")).kind == "file"
+
+
+# --- durability and whole lines (issue 15, item 7) ---------------------------------------
+
+
+def _fsync_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Record every fsync as (path, is-a-directory); the real fsync still runs."""
+    synced: list[tuple[str, bool]] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((path, stat.S_ISDIR(os.fstat(fd).st_mode)))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
+async def test_a_new_file_is_fsynced_with_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = _fsync_spy(monkeypatch)
+    path = tmp_path / "dead.jsonl"
+    await FileSink(FileSinkConfig(path=str(path))).write(sample_record())
+    assert (str(tmp_path), True) in synced, "the new file's directory entry is on disk"
+    assert (str(path), False) in synced
+    assert synced.index((str(tmp_path), True)) < synced.index((str(path), False))
+
+
+async def test_without_fsync_nothing_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = _fsync_spy(monkeypatch)
+    await FileSink(FileSinkConfig(path=str(tmp_path / "d.jsonl"), fsync=False)).write(
+        sample_record())
+    assert synced == []
+
+
+async def test_a_short_write_then_enospc_leaves_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "dead.jsonl"
+    sink = FileSink(FileSinkConfig(path=str(path)))
+    await sink.write(sample_record(b"first"))
+    before = path.read_bytes()
+    real_write = os.write
+    calls = 0
+
+    def short_then_full(fd: int, data: bytes | memoryview) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return real_write(fd, bytes(data)[: len(data) // 2])  # a short write ...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        await sink.write(sample_record(b"x" * 10_000))
+    monkeypatch.setattr(os, "write", real_write)
+    assert calls == 2
+    assert path.read_bytes() == before, "the half record was taken back"
+    await sink.write(sample_record(b"third"))  # the retry
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [base64.b64decode(r["body"]) for r in records] == [b"first", b"third"]
+
+
+async def test_a_failed_fsync_takes_the_record_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "dead.jsonl"
+    sink = FileSink(FileSinkConfig(path=str(path)))
+    await sink.write(sample_record(b"first"))
+    before = path.read_bytes()
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        await sink.write(sample_record(b"second"))
+    assert path.read_bytes() == before  # not stored, so not left behind to be duplicated
+
+
+async def test_a_torn_last_line_gets_the_next_record_on_a_line_of_its_own(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "dead.jsonl"
+    path.write_bytes(b'{"earlier": true}\n{"bridge-trigger": "orders", "bo')  # crash mid-write
+    await FileSink(FileSinkConfig(path=str(path))).write(sample_record(b"after"))
+    lines = path.read_text().split("\n")
+    assert lines[0] == '{"earlier": true}'
+    assert lines[1] == '{"bridge-trigger": "orders", "bo'
+    assert base64.b64decode(json.loads(lines[2])["body"]) == b"after"
+    assert lines[3:] == [""]
