@@ -196,6 +196,9 @@ class FileSinkConfig(Strict):
     fsync: bool = True
 
 
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
+
+
 class KafkaSinkConfig(Strict):
     """``dead_letter: {kafka: ...}``: produce to a topic (acks=all, awaited).
 
@@ -211,6 +214,20 @@ class KafkaSinkConfig(Strict):
     sasl: SaslConfig | None = None
     tls: TlsConfig | None = None
     client_id: str | None = Field(None, min_length=1)
+    #: Bytes; a larger record is refused before it is sent (the producer's
+    #: max.request.size). Set it to the topic's max.message.bytes where the broker does
+    #: not enforce that itself.
+    max_request_size: int = Field(64 * 1024 * 1024, ge=1024)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        if not _KAFKA_TOPIC.match(value) or value in (".", ".."):
+            raise ValueError(
+                f"{value!r} is not a Kafka topic name: use letters, digits, '.', '_' and '-' "
+                "(at most 249)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _security_is_consistent(self) -> KafkaSinkConfig:
@@ -282,19 +299,50 @@ def _check_tls_scheme(url: SecretStr | None, tls: TlsConfig | None) -> None:
         raise _FieldError("tls", "'tls' needs an amqps:// url (TLS is not used with amqp://)")
 
 
-class DeadLetterConfig(Strict):
+class SinkConfig(Strict):
+    """One dead-letter sink: exactly one of ``file``, ``kafka``, ``rabbitmq``."""
+
     file: FileSinkConfig | None = None
     kafka: KafkaSinkConfig | None = None
     rabbitmq: RabbitSinkConfig | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> DeadLetterConfig:
+    def _exactly_one(self) -> SinkConfig:
         _require_exactly_one(self, ("file", "kafka", "rabbitmq"), "dead-letter sink")
         return self
 
     @property
     def kind(self) -> str:
         return next(k for k in ("file", "kafka", "rabbitmq") if getattr(self, k) is not None)
+
+    @property
+    def rejects(self) -> bool:
+        """``rabbitmq: {reject: true}``: the dead letter is the source's own reject."""
+        return self.rabbitmq is not None and self.rabbitmq.reject
+
+
+class DeadLetterConfig(SinkConfig):
+    """``dead_letter``: a sink, and optionally the ``fallback`` sink that takes the dead
+    letters it refuses for good (unknown exchange or topic, too large, access refused)."""
+
+    fallback: SinkConfig | None = None
+
+    @model_validator(mode="after")
+    def _fallback_stores(self) -> DeadLetterConfig:
+        if self.fallback is None:
+            return self
+        if self.rejects:
+            raise _FieldError("fallback", "'rabbitmq: {reject: true}' never refuses a dead "
+                                          "letter, so a fallback would never be used")
+        if self.fallback.rejects:
+            raise _FieldError("fallback.rabbitmq.reject",
+                              "a fallback must store the dead letter itself: publish it to an "
+                              "'exchange', or use a file or kafka fallback")
+        return self
+
+    def primary(self) -> SinkConfig:
+        """This sink without its fallback (what identifies its connection)."""
+        return SinkConfig(file=self.file, kafka=self.kafka, rabbitmq=self.rabbitmq)
 
 
 class Defaults(Strict):
@@ -835,60 +883,70 @@ def _cross_references(config: BridgeConfig) -> Iterator[ConfigProblem]:
         yield from _kafka_sink_problems(config, index, trigger)
 
 
+def _trigger_sinks(
+    config: BridgeConfig, index: int, trigger: TriggerConfig
+) -> Iterator[tuple[SinkConfig, str, str]]:
+    """The trigger's dead-letter sink and its fallback: (sink, path, note for messages)."""
+    own = trigger.dead_letter is not None
+    dead_letter = trigger.dead_letter or config.defaults.dead_letter
+    if dead_letter is None:
+        return
+    where = f"triggers[{index}].dead_letter" if own else "defaults.dead_letter"
+    suffix = "" if own else f" (inherited by trigger {trigger.name!r})"
+    yield dead_letter, where, suffix
+    if dead_letter.fallback is not None:
+        yield dead_letter.fallback, f"{where}.fallback", suffix
+
+
 def _kafka_sink_problems(
     config: BridgeConfig, index: int, trigger: TriggerConfig
 ) -> Iterator[ConfigProblem]:
     """A Kafka dead-letter sink without servers borrows the trigger's connection."""
-    own = trigger.dead_letter is not None
-    dead_letter = trigger.dead_letter or config.defaults.dead_letter
-    sink = None if dead_letter is None else dead_letter.kafka
-    if sink is None or sink.bootstrap_servers is not None:
-        return
-    where = f"triggers[{index}].dead_letter" if own else "defaults.dead_letter"
-    suffix = "" if own else f" (inherited by trigger {trigger.name!r})"
-    if trigger.kafka is not None:
-        source = trigger.kafka
-        problem = _kafka_security_problem(
-            sink.security_protocol or source.security_protocol,
-            sink.sasl or source.sasl,
-            sink.tls or source.tls,
-        )
-        if problem:
-            yield ConfigProblem(
-                f"{where}.kafka", f"with the trigger's connection settings: {problem}{suffix}"
+    for dead_letter, where, suffix in _trigger_sinks(config, index, trigger):
+        sink = dead_letter.kafka
+        if sink is None or sink.bootstrap_servers is not None:
+            continue
+        if trigger.kafka is not None:
+            source = trigger.kafka
+            problem = _kafka_security_problem(
+                sink.security_protocol or source.security_protocol,
+                sink.sasl or source.sasl,
+                sink.tls or source.tls,
             )
-        return
-    yield ConfigProblem(
-        f"{where}.kafka.bootstrap_servers",
-        f"required for a {trigger.kind} trigger: only a kafka trigger has a Kafka "
-        f"connection to default to{suffix}",
-    )
+            if problem:
+                yield ConfigProblem(
+                    f"{where}.kafka",
+                    f"with the trigger's connection settings: {problem}{suffix}",
+                )
+            continue
+        yield ConfigProblem(
+            f"{where}.kafka.bootstrap_servers",
+            f"required for a {trigger.kind} trigger: only a kafka trigger has a Kafka "
+            f"connection to default to{suffix}",
+        )
 
 
 def _rabbit_sink_problems(
     config: BridgeConfig, index: int, trigger: TriggerConfig
 ) -> Iterator[ConfigProblem]:
     """A RabbitMQ dead-letter sink borrows the trigger's connection, so it needs one."""
-    own = trigger.dead_letter is not None
-    dead_letter = trigger.dead_letter or config.defaults.dead_letter
-    sink = None if dead_letter is None else dead_letter.rabbitmq
-    if sink is None or trigger.kind == "rabbitmq":
-        return
-    where = f"triggers[{index}].dead_letter" if own else "defaults.dead_letter"
-    suffix = "" if own else f" (inherited by trigger {trigger.name!r})"
-    if sink.reject:
-        yield ConfigProblem(
-            f"{where}.rabbitmq.reject",
-            f"'reject: true' needs a rabbitmq trigger (it rejects the original message to its "
-            f"queue's own dead-letter exchange); trigger {trigger.name!r} is a {trigger.kind} "
-            f"trigger: set 'exchange' and 'url' instead{suffix}",
-        )
-    elif sink.url is None:
-        yield ConfigProblem(
-            f"{where}.rabbitmq.url",
-            f"required: trigger {trigger.name!r} is a {trigger.kind} trigger, so there is no "
-            f"RabbitMQ connection to default to{suffix}",
-        )
+    for dead_letter, where, suffix in _trigger_sinks(config, index, trigger):
+        sink = dead_letter.rabbitmq
+        if sink is None or trigger.kind == "rabbitmq":
+            continue
+        if sink.reject:
+            yield ConfigProblem(
+                f"{where}.rabbitmq.reject",
+                f"'reject: true' needs a rabbitmq trigger (it rejects the original message to "
+                f"its queue's own dead-letter exchange); trigger {trigger.name!r} is a "
+                f"{trigger.kind} trigger: set 'exchange' and 'url' instead{suffix}",
+            )
+        elif sink.url is None:
+            yield ConfigProblem(
+                f"{where}.rabbitmq.url",
+                f"required: trigger {trigger.name!r} is a {trigger.kind} trigger, so there is "
+                f"no RabbitMQ connection to default to{suffix}",
+            )
 
 
 #: libyaml's parser when PyYAML has it (about 10x faster on big files), else pure Python;

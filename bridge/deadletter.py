@@ -6,6 +6,15 @@ attributes: enough to redrive it later. A :class:`Sink` write either completes (
 record is durably stored: fsynced, acked by the broker) or raises; the dispatcher only
 settles the source message after a completed write, and retries failed writes.
 
+A sink tells a refusal for good from a passing failure: it raises :class:`SinkRefused`
+when no retry can store this record as things are (unknown exchange or topic, record
+too large, access refused), anything else when a retry may (broker down, timeout). The
+dispatcher then writes to the trigger's ``dead_letter.fallback``, or shows the event
+as blocked.
+
+Sinks are shared by the triggers whose sink settings are the same; :func:`sink_key`
+tells them apart by their real values, secrets included (never by a masked dump).
+
 The file sink lives here; the Kafka and RabbitMQ sinks live in their connectors and are
 found through ``connectors.base``.
 """
@@ -15,14 +24,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import fcntl
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bridge.config import DeadLetterConfig, FileSinkConfig, ResolvedTrigger
+from pydantic import BaseModel, SecretStr
+
+from bridge.config import FileSinkConfig, ResolvedTrigger, SinkConfig
 from bridge.events import Event, format_time
 from bridge.outcome import Outcome
 
@@ -41,6 +54,8 @@ class DeadLetter:
     headers: tuple[tuple[str, bytes], ...] = ()
     cloudevent: dict[str, str] = field(default_factory=dict)
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: Set on a record written to ``dead_letter.fallback``: why the sink refused it.
+    refused: str = ""
 
     @classmethod
     def of(cls, event: Event, function: str, outcome: Outcome, attempts: int) -> DeadLetter:
@@ -70,6 +85,8 @@ class DeadLetter:
             ("bridge-source", self.source),
             ("bridge-dead-lettered-at", format_time(self.time)),
         ]
+        if self.refused:
+            pairs.append(("bridge-sink-refused", self.refused))
         return [(k, v.replace("\r", " ").replace("\n", " ")) for k, v in pairs]
 
     def to_json(self) -> dict[str, Any]:
@@ -87,8 +104,45 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
+class SinkRefused(Exception):
+    """The sink refuses this record for good: retrying the same write cannot store it.
+
+    The message is the broker's reason, one line and secret-free.
+    """
+
+
+def sink_key(config: SinkConfig, trigger: ResolvedTrigger) -> str:
+    """What identifies a sink: a digest of its real settings (secrets revealed) and, for
+    a sink that borrows the trigger's own connection (same kind), the source's.
+
+    Two triggers get one sink (one connection) exactly when these are equal: RabbitMQ
+    URLs that differ only in host, virtual host or password are different sinks, and a
+    rotated password is a new sink. Only the digest is kept; it is never logged.
+    """
+    inherited = trigger.config.source if config.kind == trigger.config.kind else None
+    parts = [config.kind, _revealed(config), None if inherited is None else _revealed(inherited)]
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _revealed(value: Any) -> Any:
+    """``value`` as plain data with every secret's real value (never masked)."""
+    if isinstance(value, BaseModel):
+        return {name: _revealed(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {str(k): _revealed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_revealed(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    return value
+
+
 class Sink(Protocol):
-    """Where dead letters go. ``write`` returns only once the record is stored."""
+    """Where dead letters go. ``write`` returns only once the record is stored; it raises
+    :class:`SinkRefused` for a refusal for good, any other exception for a failure a
+    retry may overcome."""
 
     async def start(self) -> None: ...
 
@@ -123,7 +177,12 @@ class FileSink:
     async def write(self, record: DeadLetter) -> None:
         line = (json.dumps(record.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
         async with self._lock:
-            await asyncio.to_thread(self._append, line)
+            try:
+                await asyncio.to_thread(self._append, line)
+            except OSError as err:
+                if err.errno in _REFUSALS:  # not a full disk or a volume not mounted yet
+                    raise SinkRefused(f"cannot write {self.path}: {err.strerror}") from None
+                raise
 
     def _append(self, line: bytes) -> None:
         fd, created = _open_for_append(self.path)
@@ -150,6 +209,12 @@ class FileSink:
         """Every write is already on disk."""
 
 
+#: File errors no retry overcomes until someone changes the path, its permissions or the
+#: mount (``ENOENT``, ``ENOSPC``, ``EIO`` may pass: a volume mounted late, space freed).
+_REFUSALS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
+                       errno.ENAMETOOLONG, errno.EFBIG})
+
+
 def _open_for_append(path: str) -> tuple[int, bool]:
     """(fd, created): read-write (to see the last byte) and append-only writes."""
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
@@ -173,7 +238,7 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-def file_sink(config: DeadLetterConfig, trigger: ResolvedTrigger) -> FileSink:
+def file_sink(config: SinkConfig, trigger: ResolvedTrigger) -> FileSink:
     """Sink factory for ``dead_letter: {file: {...}}`` (see ``connectors.base.SINKS``)."""
     assert config.file is not None
     return FileSink(config.file)

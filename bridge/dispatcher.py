@@ -14,8 +14,9 @@ It knows nothing about any one source. For each event it
    the function's quota slot, bounded by the invocation timeout; between attempts it
    sleeps the backoff (holding no slot), honouring ``Retry-After``;
 4. on a 2xx settles the event ``DELIVERED``; on a permanent failure or after the last
-   attempt it writes a dead letter, retrying the write until it is confirmed, and only
-   then settles ``DEAD_LETTERED``. Nothing is settled otherwise: an event still
+   attempt it writes a dead letter, retrying the write until it is confirmed (a sink's
+   refusal for good goes to ``dead_letter.fallback``, or blocks the event loudly), and
+   only then settles ``DEAD_LETTERED``. Nothing is settled otherwise: an event still
    unsettled at shutdown is the source's to redeliver.
 
 On drain (SIGTERM) no new work starts, with one exception: an event that a *later*
@@ -33,12 +34,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
 from bridge.config import ResolvedTrigger
-from bridge.deadletter import DeadLetter, Sink
+from bridge.deadletter import DeadLetter, Sink, SinkRefused
 from bridge.events import Disposition, Event
 from bridge.invoker import Invoker
 from bridge.logs import Logger
@@ -66,6 +67,8 @@ class DispatchParts:
     sink: Sink
     metrics: Metrics
     log: Logger
+    #: ``dead_letter.fallback``: takes the records ``sink`` refuses for good.
+    fallback: Sink | None = None
 
 
 class Dispatcher:
@@ -101,6 +104,8 @@ class Dispatcher:
         self._started: dict[str | None, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        #: Events whose dead letter the sinks refuse for good (see _store).
+        self.blocked = 0
         self._stop_event: asyncio.Event | None = None  # created by the first backoff wait
         name, function = trigger.name, trigger.function_name
         self._stats = parts.metrics.trigger(name, function)
@@ -299,30 +304,75 @@ class Dispatcher:
 
     async def _dead_letter(self, event: Event, outcome: Outcome, attempts: int) -> None:
         record = DeadLetter.of(event, self.trigger.function_name, outcome, attempts)
-        failures = 0
         # A dead-letter write is no invocation: like the backoff, it lends its place, so
         # a slow or hanging sink does not hold the trigger's concurrency from healthy
         # events (they go on until max_unsettled events are open).
         with self._lent():
+            fallback = await self._store(event, record)
+        self._stats.dead_letter(outcome.reason)
+        if fallback:
+            self._stats.dead_letter_fallbacks += 1
+        self._log.error(
+            "dead-lettered", event_id=event.id, attempts=attempts, status=outcome.status,
+            reason=outcome.reason, detail=outcome.detail[:200],
+            **({"sink": "fallback"} if fallback else {}),
+        )
+        await self._settle(event, Disposition.DEAD_LETTERED)
+
+    async def _store(self, event: Event, record: DeadLetter) -> bool:
+        """Write ``record`` until a sink confirms it; True if the fallback did.
+
+        A failed write is retried with backoff (the event stays unsettled). A refusal for
+        good (:class:`SinkRefused`) sends the record to ``dead_letter.fallback`` at once;
+        without one, or refused there too, the event is *blocked*: counted in
+        ``bridge_dead_letter_blocked``, named by ``/readyz``, logged with the broker's
+        reason at every try, and still retried (from the main sink) so that it goes
+        through once an operator fixes the sink or adds a fallback (a reload).
+        """
+        primary, fallback = self._parts.sink, self._parts.fallback
+        sink, written, failures, blocked = primary, record, 0, False
+        try:
             while True:
                 try:
-                    await self._parts.sink.write(record)
-                    break
+                    await sink.write(written)
+                    return sink is not primary
+                except SinkRefused as err:
+                    reason = str(err)[:300]
+                    if sink is primary and fallback is not None:
+                        self._log.warning(
+                            "dead letter refused by the sink; writing it to the fallback",
+                            event_id=event.id, error=reason,
+                        )
+                        sink, written = fallback, replace(record, refused=reason)
+                        continue
+                    blocked = self._block(blocked, True)
+                    delay = backoff(_SINK_RETRY, failures + 1)
+                    self._log.error(
+                        "dead letter refused for good; event blocked until the sink takes it "
+                        "(fix the sink, or set dead_letter.fallback)",
+                        event_id=event.id, error=reason, retry_in=round(delay, 3),
+                    )
+                    sink, written = primary, record
                 except Exception as err:
-                    failures += 1
-                    self._stats.dead_letter_failures += 1
-                    delay = backoff(_SINK_RETRY, failures)
+                    blocked = self._block(blocked, False)
+                    delay = backoff(_SINK_RETRY, failures + 1)
                     self._log.error(
                         "dead-letter write failed; event stays unsettled",
                         event_id=event.id, error=str(err)[:300], retry_in=round(delay, 3),
                     )
-                    await self._sleep(delay)
-        self._stats.dead_letter(outcome.reason)
-        self._log.error(
-            "dead-lettered", event_id=event.id, attempts=attempts, status=outcome.status,
-            reason=outcome.reason, detail=outcome.detail[:200],
-        )
-        await self._settle(event, Disposition.DEAD_LETTERED)
+                failures += 1
+                self._stats.dead_letter_failures += 1
+                await self._sleep(delay)
+        finally:
+            self._block(blocked, False)
+
+    def _block(self, was: bool, now: bool) -> bool:
+        """Count the event in (or out of) the blocked dead letters; returns ``now``."""
+        if now != was:
+            step = 1 if now else -1
+            self.blocked += step
+            self._stats.dead_letter_blocked += step
+        return now
 
     async def _settle(self, event: Event, disposition: Disposition) -> None:
         try:

@@ -70,6 +70,8 @@ class TriggerStats:
     withdrawn: int = 0
     overflow: int = 0
     dead_letter_failures: int = 0
+    dead_letter_fallbacks: int = 0
+    dead_letter_blocked: int = 0
     ready: bool = False
     outcomes: dict[str, int] = field(default_factory=dict)
     settled: dict[str, int] = field(default_factory=dict)
@@ -135,6 +137,11 @@ class _TriggerCollector:
             "bridge_dead_letter_write_failures",
             "Failed dead-letter writes (the event stays unsettled and is retried).", labels=t,
         )
+        fallbacks = CounterMetricFamily(
+            "bridge_dead_letter_fallbacks",
+            "Dead letters the sink refused for good, written to dead_letter.fallback.",
+            labels=t,
+        )
         settled = CounterMetricFamily(
             "bridge_events_settled", "Events settled, by disposition.", labels=[*t, "disposition"]
         )
@@ -160,6 +167,7 @@ class _TriggerCollector:
             for reason, n in s.dead_letters.items():
                 dead.add_metric([*pair, reason], n)
             dead_failed.add_metric(name, s.dead_letter_failures)
+            fallbacks.add_metric(name, s.dead_letter_fallbacks)
             withdrawn.add_metric(name, s.withdrawn)
             for disposition in DISPOSITIONS:
                 settled.add_metric([*name, disposition], s.settled.get(disposition, 0))
@@ -167,8 +175,8 @@ class _TriggerCollector:
                 skipped.add_metric([*name, reason], n)
             if s.cron_lag is not None or s.cron_replaced:
                 replaced.add_metric(name, s.cron_replaced)
-        yield from (received, invocations, retries, overflow, dead, dead_failed, settled,
-                    withdrawn, skipped, replaced)
+        yield from (received, invocations, retries, overflow, dead, dead_failed, fallbacks,
+                    settled, withdrawn, skipped, replaced)
 
     def _gauges(self, stats: list[TriggerStats]) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
@@ -181,11 +189,17 @@ class _TriggerCollector:
             "bridge_connector_ready", "1 when the trigger's connector is connected.",
             labels=["trigger"],
         )
+        blocked = GaugeMetricFamily(
+            "bridge_dead_letter_blocked",
+            "Events whose dead letter every sink refuses for good (unsettled, retried).",
+            labels=["trigger"],
+        )
         for s in stats:
             in_flight.add_metric([s.trigger, s.function], s.in_flight)
             unsettled.add_metric([s.trigger], s.unsettled)
             ready.add_metric([s.trigger], 1 if s.ready else 0)
-        yield from (in_flight, unsettled, ready)
+            blocked.add_metric([s.trigger], s.dead_letter_blocked)
+        yield from (in_flight, unsettled, ready, blocked)
 
     def _histograms(self, stats: list[TriggerStats]) -> Iterator[Metric]:
         duration = HistogramMetricFamily(

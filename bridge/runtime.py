@@ -9,6 +9,12 @@ backoff and logs why; its trigger reads not-ready meanwhile. Nothing runs unsupe
 
 Triggers are units keyed by name, so a config reload or a Trigger resource change can
 add, replace or remove one without touching the others (:meth:`Runtime.apply`).
+
+Dead-letter sinks are shared by the triggers whose sink settings are equal, compared by
+their real values (:func:`~bridge.deadletter.sink_key`: a password or virtual host of
+its own is a sink of its own). Each unit holds the keys of its sinks; after an apply,
+a sink no unit holds any more is closed, so a rotated credential or a removed sink
+leaves no connection behind.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from bridge.admin import AdminServer
-from bridge.config import BridgeConfig, FunctionConfig, ResolvedTrigger
-from bridge.deadletter import Sink
+from bridge.config import BridgeConfig, FunctionConfig, ResolvedTrigger, SinkConfig
+from bridge.deadletter import Sink, sink_key
 from bridge.dispatcher import Dispatcher, DispatchParts
 from bridge.invoker import Invoker
 from bridge.leadership import AlwaysLeader, Leadership
@@ -61,6 +67,8 @@ class Unit:
     dispatcher: Dispatcher
     pump: asyncio.Task[None] | None = None
     failures: int = field(default=0)
+    #: Keys (in Runtime._sinks) of its dead-letter sink and fallback.
+    sinks: tuple[str, ...] = ()
 
 
 class Runtime:
@@ -152,6 +160,9 @@ class Runtime:
             pool_ready = getattr(target.pool, "ready", None)
             if pool_ready is not None:
                 ready[f"function:{name}"] = bool(pool_ready)
+        for name, unit in self.units.items():
+            if unit.dispatcher.blocked:  # dead letters every sink refuses: see dispatcher
+                ready[f"dead_letter:{name}"] = False
         return ready
 
     # --- units ----------------------------------------------------------------------
@@ -172,19 +183,29 @@ class Runtime:
         for name, resolved in wanted.items():
             if name not in self.units:
                 await self._start_unit(resolved)
+        await self._close_unused_sinks()
 
     async def _start_unit(self, trigger: ResolvedTrigger) -> None:
         assert self._invoker is not None, "start() first"
         connector = connector_factory(trigger.config.kind)(trigger, self.context)
+        dead_letter = trigger.dead_letter
+        assert dead_letter is not None, "validated: every trigger has a dead-letter sink"
+        sink_id, sink = await self._sink(dead_letter.primary(), trigger)
+        sinks: tuple[str, ...] = (sink_id,)
+        fallback: Sink | None = None
+        if dead_letter.fallback is not None:
+            fallback_id, fallback = await self._sink(dead_letter.fallback, trigger)
+            sinks += (fallback_id,)
         parts = DispatchParts(
             target=self._target(trigger.function_name, trigger.function),
             invoker=self._invoker,
-            sink=await self._sink(trigger),
+            sink=sink,
             metrics=self.metrics,
             log=self.log,
+            fallback=fallback,
         )
         dispatcher = Dispatcher(trigger, parts, trigger.ordering, connector.max_unsettled)
-        unit = Unit(trigger, connector, dispatcher)
+        unit = Unit(trigger, connector, dispatcher, sinks=sinks)
         unit.pump = asyncio.create_task(self._pump(unit), name=f"pump:{trigger.name}")
         self.units[trigger.name] = unit
 
@@ -257,13 +278,10 @@ class Runtime:
             return kubernetes_pool(name, function.kubernetes, self.context)
         return BalancedPool(function.static_urls)
 
-    async def _sink(self, trigger: ResolvedTrigger) -> Sink:
-        config = trigger.dead_letter
-        assert config is not None, "validated: every trigger has a dead-letter sink"
-        same_kind = config.kind == trigger.config.kind
-        key = config.model_dump_json() + (
-            trigger.config.source.model_dump_json() if same_kind else ""
-        )
+    async def _sink(self, config: SinkConfig, trigger: ResolvedTrigger) -> tuple[str, Sink]:
+        """The sink for ``config`` (shared with every trigger whose settings are equal,
+        secrets included) and its key."""
+        key = sink_key(config, trigger)
         if key not in self._sinks:
             sink = sink_factory(config.kind)(config, trigger)
             try:
@@ -275,7 +293,17 @@ class Runtime:
                 self.log.error("dead-letter sink not available yet", trigger=trigger.name,
                                sink=config.kind, error=error)
             self._sinks[key] = sink
-        return self._sinks[key]
+        return key, self._sinks[key]
+
+    async def _close_unused_sinks(self) -> None:
+        """Close the sinks no running trigger uses any more (removed, or settings changed:
+        another URL, a rotated password)."""
+        used = {key for unit in self.units.values() for key in unit.sinks}
+        for key in [k for k in self._sinks if k not in used]:
+            sink = self._sinks.pop(key)
+            await _close_quietly(sink, self.log)
+            self.log.info("dead-letter sink closed: no trigger uses it",
+                          sink=type(sink).__name__)
 
 
 def _describe(err: BaseException) -> str:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from bridge.config import DeadLetterConfig, ResolvedTrigger
+from bridge.config import ResolvedTrigger, SinkConfig
 from bridge.deadletter import Sink
 from bridge.leadership import Leadership
 from bridge.metrics import Metrics
@@ -74,7 +74,7 @@ class ConnectorContext:
 
 
 ConnectorFactory = Callable[[ResolvedTrigger, ConnectorContext], Connector]
-SinkFactory = Callable[[DeadLetterConfig, ResolvedTrigger], Sink]
+SinkFactory = Callable[[SinkConfig, ResolvedTrigger], Sink]
 
 #: Source kind -> "module:attribute" of its connector factory.
 SOURCES: dict[str, str] = {

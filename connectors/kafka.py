@@ -44,14 +44,14 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
 from bridge.config import (
-    DeadLetterConfig,
     KafkaConnection,
     KafkaSinkConfig,
     KafkaSource,
     ResolvedTrigger,
+    SinkConfig,
     TlsConfig,
 )
-from bridge.deadletter import DeadLetter
+from bridge.deadletter import DeadLetter, SinkRefused
 from bridge.events import Disposition, Event
 from bridge.logs import Logger, get_logger
 from connectors.base import ConnectorContext
@@ -557,16 +557,39 @@ def dead_letter_headers(record: DeadLetter) -> list[tuple[str, bytes]]:
     return [*kept, *bridge, *ce]
 
 
+#: Produce errors no retry overcomes while the topic and the settings stay as they are:
+#: a record above ``max_request_size`` or the topic's ``max.message.bytes``, a topic that
+#: does not exist (after aiokafka waited a request timeout for it to appear in the
+#: metadata) or that this client may not write, a login the brokers refuse.
+_REFUSALS: tuple[type[Exception], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.UnknownTopicOrPartitionError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.PolicyViolationError,
+    *_AUTH_ERRORS,
+)
+
+
 class KafkaSink:
     """Dead letters to a topic: ``acks=all``, and ``write`` awaits the broker's ack.
 
     ``start`` may fail (brokers down): ``write`` then connects first, so the dispatcher's
-    write retries double as reconnects.
+    write retries double as reconnects. A refusal for good (:data:`_REFUSALS`) raises
+    :class:`~bridge.deadletter.SinkRefused`; everything else (brokers unreachable, a
+    request timeout) is retryable.
     """
 
-    def __init__(self, topic: str, connection: KafkaConnection, log: Logger | None = None) -> None:
+    def __init__(
+        self, topic: str, connection: KafkaConnection, log: Logger | None = None,
+        max_request_size: int = 64 * 1024 * 1024,
+    ) -> None:
         self.topic = topic
         self._connection = connection
+        self._max_request_size = max_request_size
         self._log = log or get_logger(sink="kafka", topic=topic)
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -578,7 +601,7 @@ class KafkaSink:
             producer = AIOKafkaProducer(
                 **client_options(self._connection),
                 acks="all",
-                max_request_size=64 * 1024 * 1024,
+                max_request_size=self._max_request_size,
                 request_timeout_ms=int(_REQUEST_TIMEOUT * 3 * 1000),
             )
             try:
@@ -587,7 +610,8 @@ class KafkaSink:
                 await _close_client(producer, self._log)
                 if isinstance(err, Exception):
                     message = await connect_failure(err, self._connection)
-                    raise KafkaSourceError(message) from None
+                    error = SinkRefused if isinstance(err, _REFUSALS) else KafkaSourceError
+                    raise error(message) from None
                 raise
             self._producer = producer
 
@@ -595,9 +619,15 @@ class KafkaSink:
         await self.start()
         producer = self._producer
         assert producer is not None
-        await producer.send_and_wait(
-            self.topic, value=record.body, key=record.key, headers=dead_letter_headers(record)
-        )
+        try:
+            await producer.send_and_wait(
+                self.topic, value=record.body, key=record.key,
+                headers=dead_letter_headers(record),
+            )
+        except _REFUSALS as err:
+            raise SinkRefused(
+                f"topic {self.topic!r} refused the dead letter: {type(err).__name__}: {err}"[:400]
+            ) from None
 
     async def close(self) -> None:
         async with self._lock:
@@ -606,9 +636,10 @@ class KafkaSink:
             await _close_client(producer, self._log)
 
 
-def kafka_sink(config: DeadLetterConfig, trigger: ResolvedTrigger) -> KafkaSink:
+def kafka_sink(config: SinkConfig, trigger: ResolvedTrigger) -> KafkaSink:
     """Sink factory for ``dead_letter: {kafka: {...}}`` (see ``connectors.base.SINKS``)."""
     sink: KafkaSinkConfig | None = config.kafka
     assert sink is not None
     log = get_logger(trigger=trigger.name, sink="kafka", topic=sink.topic)
-    return KafkaSink(sink.topic, sink.connection(trigger.config.kafka), log)
+    return KafkaSink(sink.topic, sink.connection(trigger.config.kafka), log,
+                     sink.max_request_size)

@@ -32,7 +32,25 @@ _RECONNECT_MAX = 30.0
 
 
 class RabbitSetupError(Exception):
-    """Could not connect, declare, consume or publish; the message says why (no secrets)."""
+    """Could not connect, declare, consume or publish; the message says why (no secrets).
+
+    ``refused`` is True when the broker said no for good (login, virtual host, missing
+    entity, access, precondition) rather than being unreachable: see :func:`refusal`.
+    """
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+def refusal(err: BaseException) -> bool:
+    """True when the broker refused (no retry helps until someone changes something)."""
+    return isinstance(err, amqp_errors.ProbableAuthenticationError
+                      | amqp_errors.AuthenticationError | amqp_errors.ConnectionNotAllowed
+                      | amqp_errors.ChannelNotFoundEntity | amqp_errors.ChannelAccessRefused
+                      | amqp_errors.ChannelPreconditionFailed) or (
+        isinstance(err, amqp_errors.InvalidFrameError) and "Connection.Close" in str(err)
+    )
 
 
 def vhost_of(url: str) -> str:
@@ -105,7 +123,7 @@ async def connect(
         else:
             connection = await aio_pika.connect(url, **options)
     except Exception as err:
-        raise RabbitSetupError(explain(err, url)) from None
+        raise RabbitSetupError(explain(err, url), refused=refusal(err)) from None
     return connection
 
 

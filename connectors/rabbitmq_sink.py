@@ -6,7 +6,11 @@
   confirms and ``mandatory`` (an unroutable dead letter is an error, not a silent
   drop), persistent, with the bridge-* headers and the CloudEvent attributes as
   ``cloudEvents:`` application properties (:func:`dead_letter_message`). It serves
-  Kafka and cron triggers too; or
+  Kafka and cron triggers too. What the broker refuses for good -- an exchange that
+  does not exist (``NOT_FOUND``), a dead letter no queue takes (returned
+  ``NO_ROUTE``), ``ACCESS_REFUSED``, a ``PRECONDITION_FAILED`` (too large), a refused
+  login or virtual host -- raises :class:`~bridge.deadletter.SinkRefused`; a broker
+  that is down, a timeout or a ``basic.nack`` (queue full) raise a retryable error; or
 - :class:`RejectSink` (``reject: true``, RabbitMQ triggers only): the dead letter is the
   connector's ``basic.reject(requeue=false)``, which hands the message to the queue's
   own ``x-dead-letter-exchange``.
@@ -22,10 +26,17 @@ import aiormq
 import aiormq.exceptions as amqp_errors
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
-from bridge.config import DeadLetterConfig, RabbitSinkConfig, ResolvedTrigger, TlsConfig
-from bridge.deadletter import DeadLetter
+from bridge.config import RabbitSinkConfig, ResolvedTrigger, SinkConfig, TlsConfig
+from bridge.deadletter import DeadLetter, SinkRefused
 from bridge.logs import redact_url
-from connectors.rabbitmq_connection import RabbitSetupError, close_quietly, connect, explain
+from connectors.rabbitmq_connection import (
+    RabbitSetupError,
+    close_quietly,
+    connect,
+    explain,
+    refusal,
+    scrub,
+)
 from connectors.rabbitmq_mapping import CE_PREFIXES, VOLATILE_HEADERS
 
 _PUBLISH_TIMEOUT = 30.0
@@ -84,8 +95,13 @@ class RabbitPublishSink:
             if self._exchange is not None and self._open():
                 return self._exchange
             await self.close()
-            connection = await connect(self._url, self._tls, f"{self._name} dead letters",
-                                       robust=False)
+            try:
+                connection = await connect(self._url, self._tls, f"{self._name} dead letters",
+                                           robust=False)
+            except RabbitSetupError as err:
+                if err.refused:
+                    raise SinkRefused(str(err)) from None
+                raise
             try:
                 channel = await connection.channel(publisher_confirms=True,
                                                    on_return_raises=True)
@@ -93,7 +109,8 @@ class RabbitPublishSink:
                             else await channel.get_exchange(self._exchange_name, ensure=True))
             except Exception as err:
                 await close_quietly(connection)
-                raise RabbitSetupError(f"dead-letter {explain(err, self._url)}") from None
+                error = SinkRefused if refusal(err) else RabbitSetupError
+                raise error(f"dead-letter {explain(err, self._url)}") from None
             self._connection, self._channel, self._exchange = connection, channel, exchange
             return exchange
 
@@ -111,8 +128,9 @@ class RabbitPublishSink:
         except Exception as err:
             if not self._open():
                 await self.close()
-            raise RabbitSetupError(
-                f"dead letter not confirmed by {self.target}: {_describe_publish(err)}"
+            refused = refusal(err) or isinstance(err, amqp_errors.PublishError)
+            raise (SinkRefused if refused else RabbitSetupError)(
+                f"dead letter not confirmed by {self.target}: {_describe_publish(err, self._url)}"
             ) from None
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise RabbitSetupError(f"dead letter not confirmed by {self.target}")
@@ -124,14 +142,16 @@ class RabbitPublishSink:
             await close_quietly(connection)
 
 
-def _describe_publish(err: BaseException) -> str:
+def _describe_publish(err: BaseException, url: str) -> str:
     if isinstance(err, amqp_errors.PublishError):
-        return "no queue is bound for its routing key (the broker returned it)"
+        return "no queue is bound for its routing key (the broker returned it: NO_ROUTE)"
+    if refusal(err):
+        return scrub(str(err), url)[:300]
     if isinstance(err, amqp_errors.DeliveryError):
         return "the broker refused it (basic.nack)"
     if isinstance(err, TimeoutError):
         return f"no confirm within {_PUBLISH_TIMEOUT:g}s"
-    return f"{type(err).__name__}: {err}"[:300]
+    return scrub(f"{type(err).__name__}: {err}", url)[:300]
 
 
 def dead_letter_message(record: DeadLetter) -> aio_pika.Message:
@@ -168,7 +188,7 @@ def _amqp_value(value: bytes) -> str | bytearray:
 
 
 def rabbit_sink(
-    config: DeadLetterConfig, trigger: ResolvedTrigger
+    config: SinkConfig, trigger: ResolvedTrigger
 ) -> RejectSink | RabbitPublishSink:
     """Sink factory for ``dead_letter: {rabbitmq: {...}}`` (see ``connectors.base.SINKS``)."""
     sink: RabbitSinkConfig | None = config.rabbitmq

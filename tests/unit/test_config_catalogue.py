@@ -495,6 +495,50 @@ CATALOGUE: list[Any] = [
         "defaults: {dead_letter: {file: {path: ''}}}\n", "defaults.dead_letter.file.path: ",
         "must not be empty", id="dead-letter-empty-path",
     ),
+    pytest.param(
+        trigger(CRON + ", dead_letter: {kafka: {topic: 'orders dlq', bootstrap_servers: k:9092}}"),
+        "triggers[0].dead_letter.kafka.topic: ", "'orders dlq' is not a Kafka topic name",
+        id="dead-letter-bad-topic-name",
+    ),
+    pytest.param(
+        trigger(CRON + ", dead_letter: {kafka: {topic: t, bootstrap_servers: k:9092, "
+                       "max_request_size: 10}}"),
+        "triggers[0].dead_letter.kafka.max_request_size: ", "must be at least 1024, got 10",
+        id="dead-letter-kafka-max-request-size",
+    ),
+    pytest.param(
+        trigger(CRON + ", dead_letter: {file: {path: a}, fallback: {}}"),
+        "triggers[0].dead_letter.fallback: ", "needs exactly one dead-letter sink",
+        id="fallback-no-sink",
+    ),
+    pytest.param(
+        trigger(CRON + ", dead_letter: {file: {path: a}, fallback: {file: {path: b}, "
+                       "fallback: {file: {path: c}}}}"),
+        "triggers[0].dead_letter.fallback.fallback: ", "unknown key",
+        id="fallback-of-a-fallback",
+    ),
+    pytest.param(
+        rabbit("", dead_letter="{rabbitmq: {reject: true}, fallback: {file: {path: a}}}"),
+        "triggers[0].dead_letter.fallback: ", "never refuses a dead letter",
+        id="fallback-behind-reject",
+    ),
+    pytest.param(
+        rabbit("", dead_letter="{file: {path: a}, fallback: {rabbitmq: {reject: true}}}"),
+        "triggers[0].dead_letter.fallback.rabbitmq.reject: ",
+        "a fallback must store the dead letter itself", id="fallback-reject",
+    ),
+    pytest.param(
+        trigger(CRON + ", dead_letter: {file: {path: a}, fallback: {rabbitmq: {exchange: x}}}"),
+        "triggers[0].dead_letter.fallback.rabbitmq.url: ", "required: trigger 't' is a cron",
+        id="fallback-rabbitmq-without-url",
+    ),
+    pytest.param(
+        "defaults: {dead_letter: {file: {path: a}, fallback: {kafka: {topic: x}}}}\n"
+        "functions: {f: {url: 'http://127.0.0.1:8080/'}}\n"
+        "triggers:\n  - {name: t, function: f, " + RABBIT + "}\n",
+        "defaults.dead_letter.fallback.kafka.bootstrap_servers: ",
+        "required for a rabbitmq trigger", id="fallback-kafka-inherited-without-servers",
+    ),
     # --- environment -------------------------------------------------------------------
     pytest.param(
         function("url: '${NOPE}'"), "functions.f.url: ", "environment variable NOPE is not set",

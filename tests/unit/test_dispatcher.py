@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from bridge.config import ResolvedTrigger, parse_config
-from bridge.deadletter import DeadLetter
+from bridge.deadletter import DeadLetter, SinkRefused
 from bridge.dispatcher import Dispatcher, DispatchParts, Ordering
 from bridge.events import Disposition, Event
 from bridge.invoker import Invoker
@@ -27,10 +27,12 @@ from tests.support.functions import Call, RecordingFunction, Reply
 
 
 class MemorySink:
-    """A dead-letter sink whose first ``fail_first`` writes raise."""
+    """A dead-letter sink whose first ``fail_first`` writes raise (a passing failure),
+    then the next ``refuse`` writes are refused for good."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, refuse: int = 0) -> None:
         self.fail_first = fail_first
+        self.refuse = refuse
         self.attempts = 0
         self.records: list[DeadLetter] = []
 
@@ -41,6 +43,8 @@ class MemorySink:
         self.attempts += 1
         if self.attempts <= self.fail_first:
             raise OSError(f"sink down (write {self.attempts})")
+        if self.attempts <= self.fail_first + self.refuse:
+            raise SinkRefused("NOT_FOUND - no exchange 'dlx' in vhost '/'")
         self.records.append(record)
 
     async def close(self) -> None:
@@ -88,6 +92,7 @@ class Rig:
     metrics: Metrics = field(default_factory=Metrics)
     settlements: Settlements = field(default_factory=Settlements)
     sink: MemorySink = field(default_factory=MemorySink)
+    fallback: MemorySink | None = None
 
     def target(self, max_concurrency: int | None = None) -> Target:
         return Target("fn", BalancedPool([self.fn.url]), max_concurrency=max_concurrency)
@@ -98,7 +103,7 @@ class Rig:
     ) -> Dispatcher:
         parts = DispatchParts(
             target=target or self.target(), invoker=Invoker(self.session), sink=self.sink,
-            metrics=self.metrics, log=get_logger(test=True),
+            metrics=self.metrics, log=get_logger(test=True), fallback=self.fallback,
         )
         return Dispatcher(trigger or resolved(self.fn.url), parts, ordering, max_unsettled)
 
@@ -237,6 +242,84 @@ async def test_drain_leaves_an_event_whose_dead_letter_cannot_be_written(rig: Ri
     assert await dispatcher.drain(2)
     assert event.settled is None  # nothing dropped: the source redelivers it
     assert rig.settlements.count() == 0
+
+
+async def test_a_refused_dead_letter_goes_to_the_fallback_at_once(rig: Rig) -> None:
+    rig.sink.refuse = 1
+    rig.fallback = MemorySink()
+    rig.fn.behaviour = lambda call, n: Reply(status=400)
+    dispatcher = rig.dispatcher()
+    await dispatcher.submit(rig.event("e1"))
+    await rig.settlements.wait(1, timeout=5)
+    assert rig.settlements.by_id["e1"] == [Disposition.DEAD_LETTERED]
+    assert rig.sink.records == []
+    [record] = rig.fallback.records
+    assert record.refused == "NOT_FOUND - no exchange 'dlx' in vhost '/'"
+    assert ("bridge-sink-refused", record.refused) in record.bridge_headers()
+    assert rig.metric("bridge_dead_letter_fallbacks_total", trigger="orders") == 1
+    assert rig.metric("bridge_dead_letter_blocked", trigger="orders") == 0
+
+
+async def test_a_refusal_without_fallback_blocks_the_event_until_the_sink_takes_it(
+    rig: Rig,
+) -> None:
+    rig.sink.refuse = 2
+    rig.fn.behaviour = lambda call, n: Reply(status=400)
+    dispatcher = rig.dispatcher()
+    event = rig.event("e1")
+    await dispatcher.submit(event)
+    await until(lambda: rig.sink.attempts >= 1)
+    assert dispatcher.blocked == 1
+    assert rig.metric("bridge_dead_letter_blocked", trigger="orders") == 1
+    assert event.settled is None
+    assert dispatcher.unsettled == 1
+    await rig.settlements.wait(1, timeout=10)  # the 3rd write is taken: fixed meanwhile
+    assert [r.refused for r in rig.sink.records] == [""]
+    assert dispatcher.blocked == 0
+    assert rig.metric("bridge_dead_letter_blocked", trigger="orders") == 0
+
+
+async def test_a_fallback_that_is_down_is_retried_and_the_event_is_not_blocked(
+    rig: Rig,
+) -> None:
+    rig.sink.refuse = 10**6
+    rig.fallback = MemorySink(fail_first=2)
+    rig.fn.behaviour = lambda call, n: Reply(status=400)
+    dispatcher = rig.dispatcher()
+    await dispatcher.submit(rig.event("e1"))
+    await rig.settlements.wait(1, timeout=10)
+    assert rig.sink.attempts == 1, "the main sink's refusal is taken as final for the record"
+    assert rig.fallback.attempts == 3
+    assert len(rig.fallback.records) == 1
+    assert dispatcher.blocked == 0
+    assert rig.metric("bridge_dead_letter_write_failures_total", trigger="orders") == 2
+
+
+async def test_refused_by_both_blocks_then_the_main_sink_is_tried_again(rig: Rig) -> None:
+    rig.sink.refuse = 2
+    rig.fallback = MemorySink(refuse=10**6)
+    rig.fn.behaviour = lambda call, n: Reply(status=400)
+    dispatcher = rig.dispatcher()
+    await dispatcher.submit(rig.event("e1"))
+    await until(lambda: dispatcher.blocked == 1)
+    await rig.settlements.wait(1, timeout=10)
+    assert [r.refused for r in rig.sink.records] == [""]  # the main sink, unmarked
+    assert rig.fallback.attempts == 2
+    assert rig.fallback.records == []
+    assert dispatcher.blocked == 0
+
+
+async def test_drain_leaves_a_blocked_event_unsettled_and_unblocks_the_gauge(rig: Rig) -> None:
+    rig.sink.refuse = 10**6
+    rig.fn.behaviour = lambda call, n: Reply(status=400)
+    dispatcher = rig.dispatcher()
+    event = rig.event("e1")
+    await dispatcher.submit(event)
+    await until(lambda: dispatcher.blocked == 1)
+    assert await dispatcher.drain(2)
+    assert event.settled is None
+    assert dispatcher.blocked == 0
+    assert rig.metric("bridge_dead_letter_blocked", trigger="orders") == 0
 
 
 # --- concurrency ----------------------------------------------------------------------------
