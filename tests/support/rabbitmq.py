@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -169,6 +170,36 @@ def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
     return done.stdout
+
+
+@contextlib.asynccontextmanager
+async def vhost(user: str = "guest", password: str | None = None) -> AsyncIterator[str]:
+    """A fresh virtual host on the shared broker where guest and ``user`` may do anything
+    (the user is created first when ``password`` is given); deleted afterwards, with the
+    user."""
+    name = f"tb-test-v-{uuid.uuid4().hex[:12]}"
+    created_user = False
+    try:
+        await asyncio.to_thread(rabbitmqctl, "add_vhost", name)
+        if password is not None:
+            await asyncio.to_thread(rabbitmqctl, "add_user", user, password)
+            created_user = True
+        for who in dict.fromkeys(["guest", user]):
+            await asyncio.to_thread(rabbitmqctl, "set_permissions", "-p", name, who,
+                                    ".*", ".*", ".*")
+        yield name
+    finally:
+        with contextlib.suppress(RuntimeError):
+            await asyncio.to_thread(rabbitmqctl, "delete_vhost", name)
+        if created_user:
+            with contextlib.suppress(RuntimeError):
+                await asyncio.to_thread(rabbitmqctl, "delete_user", user)
+
+
+def connections(user: str) -> list[dict[str, Any]]:
+    """The broker's open connections of ``user`` (vhost, peer_port, ...)."""
+    out = rabbitmqctl("list_connections", "-q", "user", "vhost", "peer_port", "--formatter", "json")
+    return [c for c in json.loads(out or "[]") if c["user"] == user]
 
 
 @contextlib.asynccontextmanager
