@@ -325,6 +325,7 @@ class DeadLetterConfig(SinkConfig):
     """``dead_letter``: a sink, and optionally the ``fallback`` sink that takes the dead
     letters it refuses for good (unknown exchange or topic, too large, access refused)."""
 
+    #: Takes the dead letters this sink refuses for good; without one they block.
     fallback: SinkConfig | None = None
 
     @model_validator(mode="after")

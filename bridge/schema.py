@@ -55,6 +55,7 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 EXACTLY_ONE = {
     "TriggerConfig": SOURCE_KINDS,
     "DeadLetterConfig": ("file", "kafka", "rabbitmq"),
+    "SinkConfig": ("file", "kafka", "rabbitmq"),
     "FunctionConfig": ("url", "urls", "kubernetes"),
 }
 
