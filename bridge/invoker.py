@@ -8,6 +8,12 @@ extra header. The message's own headers travel as HTTP headers only when their n
 is a valid token and their value is safe; everything else is dropped (it still lands
 in a dead-letter record untouched).
 
+Answers are read only as far as they matter: the status, ``Retry-After`` (ASCII
+delta-seconds or an HTTP date; anything else is ignored), the first 512 bytes of a
+refused answer's body as the error detail, and at most ``BODY_BOUND`` (64 KiB) of a
+2xx body, dropped. A longer body is never read: its connection is closed instead of
+reused, so no answer can grow the bridge's memory.
+
 The result is an :class:`~bridge.outcome.Outcome`; this module never raises for a
 failed attempt.
 """
@@ -35,7 +41,13 @@ from bridge.pools import NoEndpoints, Target
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _UNSAFE = re.compile(r'[^\x21\x23-\x24\x26-\x7e]')
+#: The start of a refused answer's body kept as ``bridge-error-detail``; the rest is unread.
 _DETAIL_BYTES = 512
+#: A 2xx answer's body is read up to this many bytes and dropped (none of it is used):
+#: a short body read to its end keeps the connection for the next request; a longer one
+#: is left unread and its connection closed, so a function answering with gigabytes
+#: costs no memory and no time.
+BODY_BOUND = 64 * 1024
 #: Headers a message may not set on the request; the bridge owns them.
 _RESERVED = frozenset({"content-type", "content-length", "host", "transfer-encoding", "connection"})
 #: Set last by the bridge; a message header of the same name (any case) is dropped.
@@ -159,7 +171,7 @@ class Invoker:
             ) as response:
                 status = response.status
                 if 200 <= status < 300:
-                    await response.read()
+                    await _skip_body(response.content)
                     return Outcome(Verdict.DELIVERED, "ok", status,
                                    duration=time.monotonic() - started, overflow=route.overflow)
                 return await _refused(response, retryable, started, route.overflow)
@@ -195,6 +207,17 @@ async def _refused(
         retry_after=parse_retry_after(response.headers.get("Retry-After")),
         duration=time.monotonic() - started, overflow=overflow,
     )
+
+
+async def _skip_body(content: aiohttp.StreamReader) -> None:
+    """Read and drop at most BODY_BOUND bytes of a body (aiohttp buffers at most its
+    read-ahead window of the rest; closing the response drops it with the connection)."""
+    left = BODY_BOUND
+    while left > 0 and not content.at_eof():
+        chunk = await content.read(left)
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def _no_response(timeout: float) -> str:

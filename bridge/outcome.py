@@ -8,12 +8,18 @@ Any other status is permanent and goes to the dead-letter sink at once.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 DEFAULT_RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 409, 425, 429})
+
+#: delta-seconds (RFC 9110 section 10.2.3): ASCII digits only. ``str.isdigit`` and
+#: ``int``/``float`` also take other Unicode digits (``²``, U+0661 Arabic-Indic one),
+#: which are not HTTP.
+_DELTA_SECONDS = re.compile(r"[0-9]+\Z", re.ASCII)
 
 
 class Verdict(enum.Enum):
@@ -51,16 +57,20 @@ def classify_status(
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds (ASCII digits) or an
+    HTTP date. Anything else is ignored (None: the normal backoff applies); this never
+    raises, so a malformed header cannot change what the answer's status means."""
     if not value:
         return None
-    value = value.strip()
-    if value.isdigit():
+    value = value.strip(" \t")
+    if _DELTA_SECONDS.match(value):
         return float(value)
+    if not value.isascii():
+        return None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

@@ -14,6 +14,7 @@ from bridge.outcome import (
     classify_status,
     parse_retry_after,
 )
+from bridge.retry import MAX_RETRY_AFTER, RetryPolicy, backoff
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
@@ -77,6 +78,21 @@ def test_retry_after_http_date_against_the_clock() -> None:
     assert 55 <= seconds <= 60
 
 
-@pytest.mark.parametrize("header", [None, "", "soon", "-5", "1.5", "Someday, 99 Foo 2026"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None, "", "soon", "-5", "1.5", "1e3", "+5", "0x10", "Someday, 99 Foo 2026",
+        # Unicode digits: str.isdigit() is True for all of them; float("²") raises and
+        # float("\u0661") is 1.0. Neither is HTTP delta-seconds.
+        "\u00b2", "\u0661", "\uff15", "3\u00b2", "\u0661\u0660",
+        "Sun, 01 Mar 2026 12:01:30 GM\u00c9", "Sun, 01 Mar 99999 12:01:30 GMT",
+        "Sun, 01 Mar 2026 25:61:61 GMT",
+    ],
+)
 def test_retry_after_unusable(header: str | None) -> None:
     assert parse_retry_after(header) is None
+
+
+def test_retry_after_huge_delta_is_a_number_the_backoff_caps() -> None:
+    assert parse_retry_after("9" * 400) == float("inf")
+    assert backoff(RetryPolicy(jitter=False), 1, float("inf")) == MAX_RETRY_AFTER
