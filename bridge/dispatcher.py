@@ -18,6 +18,14 @@ It knows nothing about any one source. For each event it
    refusal for good goes to ``dead_letter.fallback``, or blocks the event loudly), and
    only then settles ``DEAD_LETTERED``. Nothing is settled otherwise: an event still
    unsettled at shutdown is the source's to redeliver.
+5. An unexpected exception (a bug in the bridge, not an outcome: the invoker never
+   raises for a failed attempt) ends the event's processing as a permanent failure
+   with reason ``internal_error``: it is dead-lettered (redrivable once fixed), counted
+   (``bridge_internal_errors_total``) and logged with its traceback. If even that
+   fails, the event is settled ``ABANDONED``, which every source takes as "not done"
+   (RabbitMQ requeues it, Kafka does not commit it, cron ends the run). An event is
+   never dropped by a bug and never keeps holding its source (a Kafka commit point, a
+   prefetch slot, a ``Forbid`` cron trigger).
 
 On drain (SIGTERM) no new work starts, with one exception: an event that a *later*
 event of its partition has already overtaken (it waited behind a slow one of its key
@@ -177,7 +185,7 @@ class Dispatcher:
             # More workers than places only after a lender came back: one of them leaves.
             while self._ready and self._workers <= self.trigger.concurrency:
                 event = self._ready.popleft()
-                if event.stale is not None and event.stale():
+                if event.stale is not None and self._is_stale(event):
                     self._withdraw(event)
                     continue
                 event.attach(task)
@@ -190,6 +198,14 @@ class Dispatcher:
                     self._lane_done(event)
         finally:
             self._workers -= 1
+
+    def _is_stale(self, event: Event) -> bool:
+        assert event.stale is not None
+        try:
+            return event.stale()
+        except Exception as err:  # a bug in the source's check: start the event anyway
+            self._log.error("stale check failed", event_id=event.id, error=repr(err)[:300])
+            return False
 
     def _withdraw(self, event: Event) -> None:
         """The source took the event back before it started: drop it, unsettled."""
@@ -216,7 +232,12 @@ class Dispatcher:
 
     async def _process(self, event: Event) -> None:
         try:
-            await self._deliver(event)
+            try:
+                await self._deliver(event)
+            except Draining:
+                raise
+            except Exception as err:  # a bug, not an outcome: the event is not lost to it
+                await self._after_bug(event, err)
         except asyncio.CancelledError:
             if not event.abandoned:
                 raise
@@ -228,6 +249,32 @@ class Dispatcher:
             self._log.debug("left unsettled for redelivery", event_id=event.id)
         finally:
             self._release(event)
+
+    async def _after_bug(self, event: Event, err: Exception) -> None:
+        """An unexpected exception while handling ``event`` (a bug in the bridge, not an
+        outcome of the function): dead-letter it as ``internal_error``, so it can be
+        redriven once fixed. Should that fail too, hand it back to its source unsettled
+        (``ABANDONED``: RabbitMQ requeues it, Kafka does not commit it, cron ends the
+        run). Either way it is settled once: never dropped, never holding its source.
+        """
+        self._bug(event, err)
+        if event.settled is not None:  # the bug came after the settle
+            return
+        self._mark_started(event)
+        outcome = Outcome(Verdict.PERMANENT, "internal_error", detail=_describe(err))
+        try:
+            await self._dead_letter(event, outcome, attempts=0)
+        except Draining:
+            raise
+        except Exception as again:
+            self._bug(event, again, "internal error while dead-lettering; "
+                                    "handing the event back to its source")
+            await self._settle(event, Disposition.ABANDONED)
+
+    def _bug(self, event: Event, err: BaseException,
+             what: str = "internal error; dead-lettering") -> None:
+        self._stats.internal_errors += 1
+        self._log.error(what, event_id=event.id, error=_describe(err), exc_info=err)
 
     def _release(self, event: Event) -> None:
         self._arrival.pop(event, None)
@@ -289,6 +336,9 @@ class Dispatcher:
             outcome = await self._parts.invoker.invoke(
                 self._parts.target, event, attempt, self.trigger.timeout, self._retryable
             )
+        except Exception as err:  # the invoker never raises for a failed attempt: a bug
+            self._bug(event, err)
+            outcome = Outcome(Verdict.PERMANENT, "internal_error", detail=_describe(err))
         finally:
             self._stats.in_flight -= 1
         self._stats.outcome(outcome.verdict.value, outcome.duration)
@@ -451,6 +501,10 @@ class Dispatcher:
         self._ready.clear()
         self._lanes.clear()
         return not leftover
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:300]
 
 
 def _past(deadline: datetime | None) -> bool:

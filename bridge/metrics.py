@@ -72,6 +72,7 @@ class TriggerStats:
     dead_letter_failures: int = 0
     dead_letter_fallbacks: int = 0
     dead_letter_blocked: int = 0
+    internal_errors: int = 0
     ready: bool = False
     outcomes: dict[str, int] = field(default_factory=dict)
     settled: dict[str, int] = field(default_factory=dict)
@@ -142,6 +143,11 @@ class _TriggerCollector:
             "Dead letters the sink refused for good, written to dead_letter.fallback.",
             labels=t,
         )
+        internal = CounterMetricFamily(
+            "bridge_internal_errors",
+            "Unexpected errors (bugs) while handling an event; the event is dead-lettered "
+            "with reason internal_error, or handed back to its source.", labels=t,
+        )
         settled = CounterMetricFamily(
             "bridge_events_settled", "Events settled, by disposition.", labels=[*t, "disposition"]
         )
@@ -168,6 +174,7 @@ class _TriggerCollector:
                 dead.add_metric([*pair, reason], n)
             dead_failed.add_metric(name, s.dead_letter_failures)
             fallbacks.add_metric(name, s.dead_letter_fallbacks)
+            internal.add_metric(name, s.internal_errors)
             withdrawn.add_metric(name, s.withdrawn)
             for disposition in DISPOSITIONS:
                 settled.add_metric([*name, disposition], s.settled.get(disposition, 0))
@@ -176,7 +183,7 @@ class _TriggerCollector:
             if s.cron_lag is not None or s.cron_replaced:
                 replaced.add_metric(name, s.cron_replaced)
         yield from (received, invocations, retries, overflow, dead, dead_failed, fallbacks,
-                    settled, withdrawn, skipped, replaced)
+                    internal, settled, withdrawn, skipped, replaced)
 
     def _gauges(self, stats: list[TriggerStats]) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(

@@ -5,6 +5,9 @@ partition (:mod:`connectors.kafka_offsets`); the dispatcher settles it after a 2
 a confirmed dead-letter write, and the connector commits, per partition, the first
 offset not yet settled -- every ``commit_interval``, when partitions are revoked and on
 ``stop()``. A crash therefore redelivers what was not settled and never skips a record.
+Only ``DELIVERED`` and ``DEAD_LETTERED`` count as settled: a record handed back
+``ABANDONED`` (the dispatcher could not even dead-letter it) holds its partition's
+commit point, so the next reader of the partition gets it again.
 
 **Rebalances.** aiokafka's group protocol is eager: every rebalance revokes every
 partition. On revoke the connector stops taking records from those partitions, waits
@@ -318,7 +321,14 @@ class KafkaConnector:
         self, state: PartitionOffsets, offset: int, event: Event, disposition: Disposition
     ) -> None:
         self._unsettled -= 1
-        state.settle(offset)
+        if disposition is Disposition.ABANDONED:  # not done: never committed past it
+            state.hold(offset)
+            self._log.error(
+                "kafka record handed back unsettled; its partition commits no further "
+                "until a restart or rebalance reads it again", event_id=event.id,
+            )
+        else:
+            state.settle(offset)
         if self._unsettled <= self._wake_at or self._revoking:
             self._settled.set()
 

@@ -22,12 +22,14 @@ from aiokafka import TopicPartition
 class PartitionOffsets:
     """Taken, settled and committed offsets of one assigned partition."""
 
-    __slots__ = ("_done", "_taken", "active", "committed", "next_offset", "open", "tp")
+    __slots__ = ("_done", "_held", "_taken", "active", "committed", "next_offset", "open", "tp")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
         self._taken: deque[int] = deque()
         self._done: set[int] = set()
+        #: Records handed back unsettled (``hold``): the commit point never passes them.
+        self._held = 0
         #: Offset after the last record taken; None until one is taken.
         self.next_offset: int | None = None
         #: The last offset this assignment committed (next to read), if any.
@@ -57,9 +59,16 @@ class PartitionOffsets:
         else:
             self._done.add(offset)
 
+    def hold(self, offset: int) -> None:
+        """The record is back, not done: it stays the commit point's floor for this
+        assignment, so a restart or the partition's next owner reads it again. It no
+        longer counts as in flight (a revoke does not wait for it)."""
+        if self.open:
+            self._held += 1
+
     @property
     def unsettled(self) -> int:
-        return len(self._taken) - len(self._done)
+        return len(self._taken) - len(self._done) - self._held
 
     def commit_point(self) -> int | None:
         """The next offset to read such that every record before it is settled."""

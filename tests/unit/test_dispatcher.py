@@ -22,6 +22,7 @@ from bridge.events import Disposition, Event
 from bridge.invoker import Invoker
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
+from bridge.outcome import Outcome
 from bridge.pools import BalancedPool, Target
 from tests.support.functions import Call, RecordingFunction, Reply
 
@@ -591,3 +592,94 @@ async def test_settle_is_called_exactly_once(rig: Rig) -> None:
     assert all(v == [Disposition.DELIVERED] for v in rig.settlements.by_id.values())
     await events[0].settle(Disposition.DEAD_LETTERED)  # a second settle is ignored
     assert rig.settlements.by_id["e0"] == [Disposition.DELIVERED]
+
+
+# --- bugs inside the bridge (issue 15, item 11) ------------------------------------------
+
+
+class RaisingInvoker(Invoker):
+    """The real invoker, except that it raises (a bug) for the events named."""
+
+    def __init__(self, session: aiohttp.ClientSession, bad: set[str]) -> None:
+        super().__init__(session)
+        self.bad = bad
+
+    async def invoke(self, target: Target, event: Event, *args: object) -> Outcome:  # type: ignore[override]
+        if event.id in self.bad:
+            raise KeyError("injected bug")
+        return await super().invoke(target, event, *args)  # type: ignore[arg-type]
+
+
+def buggy(rig: Rig, bad: set[str], ordering: Ordering = "none") -> Dispatcher:
+    parts = DispatchParts(
+        target=rig.target(), invoker=RaisingInvoker(rig.session, bad), sink=rig.sink,
+        metrics=rig.metrics, log=get_logger(test=True),
+    )
+    return Dispatcher(resolved(rig.fn.url, attempts=3), parts, ordering)
+
+
+async def test_an_invoker_bug_dead_letters_the_event_as_internal_error(rig: Rig) -> None:
+    dispatcher = buggy(rig, {"bad"}, ordering="key")
+    for name in ("before", "bad", "after"):
+        await dispatcher.submit(rig.event(name, ordering_key="k"))
+    await rig.settlements.wait(3)
+    assert rig.settlements.by_id == {
+        "before": [Disposition.DELIVERED], "bad": [Disposition.DEAD_LETTERED],
+        "after": [Disposition.DELIVERED],
+    }
+    (record,) = rig.sink.records
+    assert (record.error, record.attempts) == ("internal_error", 1)
+    assert record.error_detail == "KeyError: 'injected bug'"
+    assert rig.metric("bridge_internal_errors_total", trigger="orders") == 1
+    assert rig.metric("bridge_dead_letters_total", trigger="orders", function="fn",
+                      reason="internal_error") == 1
+    assert dispatcher.unsettled == 0
+    assert await dispatcher.drain(1)
+
+
+async def test_a_bug_outside_the_invoker_dead_letters_the_event(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_backoff(*args: object) -> float:
+        raise ZeroDivisionError("injected bug")
+
+    monkeypatch.setattr("bridge.dispatcher.backoff", broken_backoff)
+    rig.fn.behaviour = lambda call, n: Reply(status=503)
+    dispatcher = rig.dispatcher()
+    await dispatcher.submit(rig.event("e1"))
+    await rig.settlements.wait(1)
+    assert rig.settlements.by_id["e1"] == [Disposition.DEAD_LETTERED]
+    (record,) = rig.sink.records
+    assert record.error == "internal_error"
+    assert record.error_detail == "ZeroDivisionError: injected bug"
+    assert rig.metric("bridge_internal_errors_total", trigger="orders") == 1
+    assert await dispatcher.drain(1)
+
+
+async def test_a_bug_that_also_breaks_the_dead_letter_hands_the_event_back(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_record(*args: object, **kwargs: object) -> DeadLetter:
+        raise TypeError("injected bug in the record")
+
+    monkeypatch.setattr("bridge.dispatcher.DeadLetter.of", broken_record)
+    dispatcher = buggy(rig, {"bad"})
+    await dispatcher.submit(rig.event("bad"))
+    await rig.settlements.wait(1)
+    assert rig.settlements.by_id["bad"] == [Disposition.ABANDONED]
+    assert rig.sink.records == []
+    # Every exception counts: the invoker's, then the record's on each of the two tries.
+    assert rig.metric("bridge_internal_errors_total", trigger="orders") == 3
+    assert dispatcher.unsettled == 0
+    assert await dispatcher.drain(1)
+
+
+async def test_a_stale_check_that_raises_still_runs_the_event(rig: Rig) -> None:
+    def broken() -> bool:
+        raise RuntimeError("injected bug")
+
+    dispatcher = rig.dispatcher()
+    await dispatcher.submit(rig.event("e1", stale=broken))
+    await rig.settlements.wait(1)
+    assert rig.settlements.by_id["e1"] == [Disposition.DELIVERED]
+    assert await dispatcher.drain(1)

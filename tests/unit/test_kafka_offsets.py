@@ -5,7 +5,15 @@ from __future__ import annotations
 import random
 
 from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 
+from bridge.config import parse_config
+from bridge.events import Disposition
+from bridge.leadership import AlwaysLeader
+from bridge.logs import get_logger
+from bridge.metrics import Metrics
+from connectors.base import ConnectorContext
+from connectors.kafka import KafkaConnector
 from connectors.kafka_offsets import PartitionOffsets
 
 TP = TopicPartition("t", 0)
@@ -86,3 +94,44 @@ def test_closed_state_ignores_settles_and_refuses_nothing_taken_twice() -> None:
     state.settle(5)
     assert state.unsettled == 1
     assert not state.active
+
+
+def test_a_held_record_stays_the_commit_point_and_is_not_in_flight() -> None:
+    state = PartitionOffsets(TP)
+    for offset in range(5):
+        state.take(offset)
+    state.settle(0)
+    state.hold(1)
+    for offset in (2, 3, 4):
+        state.settle(offset)
+    assert state.commit_point() == 1  # the next reader of the partition gets 1 again
+    assert state.unsettled == 0  # nothing left to wait for on a revoke
+
+
+async def test_the_kafka_settler_commits_only_delivered_or_dead_lettered_records() -> None:
+    config = parse_config(
+        "defaults: {dead_letter: {file: {path: /unused}}}\n"
+        "functions: {fn: {url: 'http://127.0.0.1:1/'}}\n"
+        "triggers: [{name: orders, function: fn,"
+        " kafka: {bootstrap_servers: '127.0.0.1:9', topics: [t], group_id: g}}]\n",
+        env={},
+    )
+    context = ConnectorContext(metrics=Metrics(), log=get_logger(), leadership=AlwaysLeader())
+    connector = KafkaConnector(config.resolve(config.triggers[0]), context)
+    state = PartitionOffsets(TP)
+    events = [connector._take(state, _record(offset)) for offset in range(4)]
+    assert connector.unsettled == 4
+    await events[0].settle(Disposition.DELIVERED)
+    await events[1].settle(Disposition.ABANDONED)
+    await events[2].settle(Disposition.DEAD_LETTERED)
+    await events[3].settle(Disposition.DELIVERED)
+    assert state.commit_point() == 1, "an abandoned record is never committed past"
+    assert connector.unsettled == 0
+
+
+def _record(offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=TP.topic, partition=TP.partition, offset=offset, timestamp=0,
+        timestamp_type=0, key=None, value=b"v", checksum=None, serialized_key_size=-1,
+        serialized_value_size=1, headers=(),
+    )
