@@ -266,6 +266,12 @@ class Metrics:
             "(the broker requeued them).",
             ["trigger"], registry=r,
         )
+        self.rabbitmq_consumer_cancels = Counter(
+            "bridge_rabbitmq_consumer_cancels",
+            "Consumers cancelled by the broker (queue deleted, leader moved); the connector "
+            "consumes again with backoff.",
+            ["trigger"], registry=r,
+        )
         self.kafka_commit_failures = Counter(
             "bridge_kafka_commit_failures", "Offset commits that failed (retried later).",
             ["trigger"], registry=r,

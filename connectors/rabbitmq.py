@@ -29,6 +29,17 @@ requeued them), and so are those the dispatcher holds but has not started (each 
 ``stale`` check asks whether its channel closed): they are withdrawn, not invoked. Only
 those already being invoked finish, and their ack is the one that is lost.
 
+**Consumer cancelled by the broker.** RabbitMQ cancels a consumer with
+``basic.cancel`` when its queue is deleted (and when a quorum queue's leader moves, or
+an operator deletes and declares the queue again); the channel and connection stay
+up. The connector then reads not ready and consumes again with backoff (1 s doubling
+to 30 s, jittered): each try first declares the queue on a short-lived channel of its
+own (passively, or as ``declare`` says: a trigger that declares its queue declares it
+again), so a missing queue never closes the consuming channel and its unacked
+deliveries; the reason of each failed try is logged (``rabbitmq queue not consumable;
+trying again``) until the queue is back. Deliveries already taken are settled on the
+channel they came from as usual.
+
 **CloudEvents** (DESIGN section 4): :mod:`connectors.rabbitmq_mapping` turns each
 delivery into its Event: ``id`` is the ``message_id`` or a hash of the message; a
 message that already is a CloudEvent keeps its attributes; a malformed one becomes a
@@ -42,10 +53,12 @@ the queue's dead-letter exchange.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
+import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -57,9 +70,11 @@ from aio_pika.abc import (
 from bridge.config import DeadLetterConfig, ResolvedTrigger
 from bridge.events import Disposition, Event
 from bridge.logs import redact_url
+from bridge.retry import RetryPolicy, backoff
 from connectors.base import ConnectorContext
 from connectors.rabbitmq_acks import AckBatcher, AckError
 from connectors.rabbitmq_connection import (
+    ConsumerChannel,
     RabbitSetupError,
     close_quietly,
     connect,
@@ -68,6 +83,9 @@ from connectors.rabbitmq_connection import (
     vhost_of,
 )
 from connectors.rabbitmq_mapping import EventMapper
+
+#: Pause between tries to consume again after the broker cancelled the consumer.
+_RESUME = RetryPolicy(max_attempts=1, initial_backoff=1.0, max_backoff=30.0)
 
 
 def _rejects(dead_letter: DeadLetterConfig | None) -> bool:
@@ -91,12 +109,15 @@ class RabbitConnector:
         self._m_reconnects = m.rabbitmq_reconnects.labels(self._name)
         self._m_settle_failures = m.rabbitmq_settle_failures.labels(self._name)
         self._m_stale = m.rabbitmq_stale_deliveries.labels(self._name)
+        self._m_cancels = m.rabbitmq_consumer_cancels.labels(self._name)
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
+        self._queue_ref: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._up = False
         self._acks: AckBatcher | None = None
-        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        #: Deliveries in arrival order; None: the broker cancelled the consumer.
+        self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
 
     @property
     def ready(self) -> bool:
@@ -125,6 +146,8 @@ class RabbitConnector:
             await channel.set_qos(prefetch_count=self._source.prefetch)
             queue = await self._queue(channel)
             self._consumer_tag = await queue.consume(self._on_message, no_ack=False)
+            if isinstance(channel, ConsumerChannel):
+                channel.on_cancelled = self._on_cancelled
         except (Exception, asyncio.CancelledError) as err:
             await close_quietly(connection)
             if isinstance(err, asyncio.CancelledError):
@@ -133,6 +156,7 @@ class RabbitConnector:
         connection.close_callbacks.add(self._on_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
         self._connection, self._channel, self._up = connection, channel, True
+        self._queue_ref = queue
         if self._reject_dead and "x-dead-letter-exchange" not in self._declared_arguments():
             self._log.warning("dead_letter reject mode: make sure the queue has a dead-letter "
                               "exchange (queue argument or policy), or rejected messages are lost")
@@ -168,6 +192,49 @@ class RabbitConnector:
         self._log.warning("rabbitmq connection lost; reconnecting",
                           error=scrub(str(error) or type(error).__name__, self._url)[:300])
 
+    def _on_cancelled(self, consumer_tag: str) -> None:
+        if consumer_tag != self._consumer_tag or self._connection is None:
+            return
+        self._m_cancels.inc()
+        self._log.warning("rabbitmq consumer cancelled by the broker",
+                          cause="queue deleted, or its leader moved; consuming again")
+        self._inbox.put_nowait(None)  # after the deliveries already taken
+
+    async def _consume_again(self) -> None:
+        """After a ``basic.cancel``: try to consume again, with backoff, until it works
+        (or a reconnect restored the consumer meanwhile)."""
+        tries = 0
+        while not self.ready:
+            try:
+                await self._resume()
+                break
+            except Exception as err:
+                tries += 1
+                delay = backoff(_RESUME, tries)
+                self._log.warning(
+                    "rabbitmq queue not consumable; trying again", attempt=tries,
+                    reason=explain(err, self._url, self._source.queue), retry_in=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+        self._log.info("rabbitmq consuming again", failed_tries=tries)
+
+    async def _resume(self) -> None:
+        connection, channel, queue = self._connection, self._channel, self._queue_ref
+        if connection is None or channel is None or queue is None:
+            raise RabbitSetupError("the connector is stopped")
+        if not connection.connected.is_set():
+            raise RabbitSetupError("connection lost; reconnecting")
+        # A missing queue closes the channel that declares it: use one of our own, so
+        # the consuming channel (and the acks of its deliveries in flight) stays open.
+        probe = await aio_pika.Channel(connection, publisher_confirms=False)
+        try:
+            await self._queue(probe)
+        finally:
+            with contextlib.suppress(Exception):  # the broker may have closed it already
+                await probe.close()
+        if not self.ready:  # a reconnect may have restored the consumer meanwhile
+            await queue.consume(self._on_message, no_ack=False, consumer_tag=self._consumer_tag)
+
     def _on_reconnected(self, _connection: object) -> None:
         self._up = True
         self._m_reconnects.inc()
@@ -176,6 +243,9 @@ class RabbitConnector:
     async def events(self) -> AsyncIterator[Event]:
         while True:
             message = await self._inbox.get()
+            if message is None:
+                await self._consume_again()
+                continue
             acks = self._acks_for(message)
             if acks is None or message.delivery_tag is None:
                 self._m_stale.inc()  # its channel died: the broker has requeued it
@@ -221,7 +291,7 @@ class RabbitConnector:
 
     async def stop(self) -> None:
         connection, self._connection = self._connection, None
-        self._channel, self._consumer_tag = None, None
+        self._channel, self._consumer_tag, self._queue_ref = None, None, None
         self._drop_inbox()
         acks, self._acks = self._acks, None
         if acks is not None:

@@ -15,11 +15,14 @@ import contextlib
 import re
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 import aiormq.exceptions as amqp_errors
 from aio_pika.abc import AbstractConnection
+from aio_pika.robust_channel import RobustChannel
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
@@ -73,6 +76,23 @@ def ssl_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
     return context
 
 
+class ConsumerChannel(RobustChannel):
+    """A robust channel that hands the broker's ``basic.cancel`` of one of its consumers
+    to ``on_cancelled`` (the consumer tag) when set, instead of aio-pika's recovery.
+
+    The channel stays open after such a cancel, so nothing else tells the owner its
+    consumer is gone. aio-pika (>= 10.2) calls ``_on_consumer_cancel`` for each one.
+    """
+
+    on_cancelled: Callable[[str], None] | None = None
+
+    def _on_consumer_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        if self.on_cancelled is None:
+            super()._on_consumer_cancel(frame)
+        else:
+            self.on_cancelled(str(frame.consumer_tag))
+
+
 class _BackoffConnection(RobustConnection):
     """``connect_robust``'s connection with a pause between reconnect attempts that grows.
 
@@ -81,6 +101,7 @@ class _BackoffConnection(RobustConnection):
     6.75 ... s after the loss (x1.5 each time), back to 1 s once connected again.
     """
 
+    CHANNEL_CLASS = ConsumerChannel
     _initial = _RECONNECT_INITIAL
     _lost_at: float | None = None
 
