@@ -280,6 +280,11 @@ class Metrics:
             "bridge_kafka_rebalances", "Consumer group assignments received.", ["trigger"],
             registry=r,
         )
+        self.kafka_unreadable_partitions = Gauge(
+            "bridge_kafka_unreadable_partitions",
+            "Assigned partitions paused because a batch cannot be decoded (codec missing).",
+            ["trigger"], registry=r,
+        )
         self.kafka_assigned_partitions = Gauge(
             "bridge_kafka_assigned_partitions", "Partitions assigned to this consumer.",
             ["trigger"], registry=r,

@@ -26,9 +26,20 @@ every ``keepalive_interval`` so ``max_poll_interval`` never expires: a slow func
 never costs the group membership. Taking resumes once a tenth of the window (at most
 ``max_poll_records``) has settled.
 
+**Compressed records.** Every codec Kafka defines is read: gzip by the standard
+library, snappy, lz4 and zstd by cramjam (a dependency, through
+``aiokafka[snappy,lz4,zstd]``). A batch that still cannot be read (the library missing
+from a hand-made install, a codec id Kafka does not define) is no retryable failure:
+fetching it again gives the same batch. Its partition is paused for the life of this
+consumer with one error naming topic, partition and codec (``kafka records cannot be
+read``), ``bridge_kafka_unreadable_partitions`` counts it and readiness is false; its
+commit point stays where it is, so a fixed daemon reads the batch, and the other
+partitions go on meanwhile. The batch's records cannot be dead-lettered: they were
+never decoded.
+
 **Readiness** is true while the consumer is started, has received its group assignment
-(possibly empty: more members than partitions) and the last broker probe (the lag
-query, every few seconds) succeeded.
+(possibly empty: more members than partitions), the last broker probe (the lag query,
+every few seconds) succeeded and no assigned partition is unreadable.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import functools
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -199,6 +211,8 @@ class KafkaConnector:
         self._last_probe = 0.0
         self._last_poll = 0.0
         self._lag_series: set[TopicPartition] = set()
+        #: Partitions paused because a batch of theirs cannot be decoded -> why.
+        self._unreadable: dict[TopicPartition, str] = {}
         #: Seconds between broker probes / lag updates (tests shorten it).
         self.probe_interval = _PROBE_INTERVAL
         #: While full, the longest time without a poll (well inside max_poll_interval).
@@ -210,10 +224,12 @@ class KafkaConnector:
         self._m_rebalances = m.kafka_rebalances.labels(self._name)
         self._m_assigned = m.kafka_assigned_partitions.labels(self._name)
         self._m_paused = m.source_paused.labels(self._name)
+        self._m_unreadable = m.kafka_unreadable_partitions.labels(self._name)
 
     @property
     def ready(self) -> bool:
-        return self._consumer is not None and self._joined and self._broker_ok
+        return (self._consumer is not None and self._joined and self._broker_ok
+                and not self._unreadable)
 
     @property
     def max_unsettled(self) -> int:
@@ -279,6 +295,8 @@ class KafkaConnector:
             self._states.clear()
             self._retained.clear()
             self._joined = False
+            self._unreadable.clear()
+            self._m_unreadable.set(0)
             self._set_paused(False)
             self._m_assigned.set(0)
             self._forget_lag(set(self._lag_series))
@@ -300,7 +318,11 @@ class KafkaConnector:
                 continue
             self._set_paused(False)
             room = min(limit - self._unsettled, self._source.max_poll_records)
-            batch = await consumer.getmany(timeout_ms=int(_POLL * 1000), max_records=room)
+            try:
+                batch = await consumer.getmany(timeout_ms=int(_POLL * 1000), max_records=room)
+            except kafka_errors.UnsupportedCodecError as err:
+                self._cannot_decode(consumer, err)
+                continue
             self._last_poll = time.monotonic()
             epoch = self._epoch  # aiokafka returns records of the current assignment only
             for tp, records in batch.items():
@@ -352,11 +374,47 @@ class KafkaConnector:
         try:
             stray = await consumer.getmany(timeout_ms=0)
         finally:
-            consumer.resume(*consumer.paused())
+            consumer.resume(*(consumer.paused() - self._unreadable.keys()))
         self._last_poll = time.monotonic()
         for tp, records in stray.items():  # none expected: rewind whatever came anyway
             if records and tp in consumer.assignment():
                 consumer.seek(tp, records[0].offset)
+
+    def _cannot_decode(
+        self, consumer: AIOKafkaConsumer, err: kafka_errors.UnsupportedCodecError
+    ) -> None:
+        """A fetched batch cannot be decoded: pause its partition (fetching it again
+        gives the same batch) and say so once; the other partitions go on.
+
+        aiokafka raises while draining one partition's records after it may already
+        have drained others in the same ``getmany``: their records are dropped with the
+        error and their positions moved past them. Each other partition is rewound to
+        where this connector stopped taking (or to the first record dropped), so no
+        record is skipped.
+        """
+        bad, dropped = _fetch_state(err.__traceback__)
+        partitions = [bad] if bad is not None else sorted(consumer.assignment())
+        for tp in consumer.assignment() - set(partitions):
+            lost = dropped.get(tp)
+            state = self._states.get(tp)
+            position = lost[0].offset if lost else state.next_offset if state else None
+            if position is not None:
+                consumer.seek(tp, position)
+            if lost:
+                self._log.info("kafka records dropped with the decoding error fetched again",
+                               topic=tp.topic, partition=tp.partition, offset=position)
+        for tp in partitions:
+            if tp in self._unreadable:
+                continue
+            self._unreadable[tp] = str(err)
+            self._log.error(
+                "kafka records cannot be read", topic=tp.topic, partition=tp.partition,
+                error=f"{type(err).__name__}: {err}"[:300],
+                action="partition paused until the bridge restarts; install the codec's "
+                       "library (cramjam ships with trigger-bridge) or fix the producer",
+            )
+        consumer.pause(*partitions)
+        self._m_unreadable.set(len(self._unreadable))
 
     def _set_paused(self, paused: bool) -> None:
         if paused != self._paused:
@@ -497,6 +555,12 @@ class KafkaConnector:
                 resumed.append(tp)
             else:
                 self._states[tp] = PartitionOffsets(tp)
+        for tp in set(self._unreadable) - assigned:  # someone else's problem now
+            del self._unreadable[tp]
+        unreadable = assigned & self._unreadable.keys()
+        if unreadable:  # still paused: the same batch would fail again
+            consumer.pause(*unreadable)
+        self._m_unreadable.set(len(self._unreadable))
         gone = set(self._retained)
         for state in self._retained.values():
             state.close()
@@ -535,6 +599,25 @@ async def _known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int
             return position
     except Exception:  # unknown yet or revoked meanwhile: no lag figure now
         return None
+
+
+def _fetch_state(
+    trace: TracebackType | None,
+) -> tuple[TopicPartition | None, dict[TopicPartition, list[ConsumerRecord[Any, Any]]]]:
+    """From a decoding error raised inside ``getmany``: the partition whose batch raised
+    (aiokafka's fetcher handles one partition at a time in a local ``tp``; its errors do
+    not name it) and the records it had already drained for other partitions in that
+    call (local ``drained``), which the error drops. Empty if aiokafka changed shape."""
+    bad: TopicPartition | None = None
+    dropped: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+    while trace is not None:
+        names = trace.tb_frame.f_locals
+        if isinstance(names.get("tp"), TopicPartition):
+            bad = names["tp"]
+        if isinstance(names.get("drained"), dict):
+            dropped = names["drained"]
+        trace = trace.tb_next
+    return bad, dropped
 
 
 def _names(partitions: Iterable[TopicPartition]) -> list[str]:
