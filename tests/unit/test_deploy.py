@@ -1,8 +1,14 @@
 """deploy/: the kustomization builds, every object passes the Kubernetes API schemas
-(kubernetes-validate, fixed version), and the manifests keep the promises of the docs."""
+(kubernetes-validate, fixed version), and the manifests keep the promises of the docs.
+
+``deploy/`` is the bridge and nothing else (``deploy/base`` plus the CRD);
+``deploy/examples/`` is an overlay adding an example function and trigger, with dead
+letters on a PersistentVolumeClaim. No dead letter is ever written to an emptyDir.
+"""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -13,35 +19,71 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bridge.config import parse_config
+from bridge.config import BridgeConfig, SinkConfig, parse_config
 from bridge.durations import parse_duration
 from bridge.kube.client import TRIGGER_GROUP, TRIGGER_VERSION
 from bridge.kube.triggers import validate_trigger
 from bridge.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+EXAMPLE = DEPLOY / "examples"
 K8S_VERSION = "1.30.0"
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+#: What ``kubectl apply -k deploy/`` creates: the bridge and nothing else.
+BRIDGE_OBJECTS = {
+    ("Namespace", "trigger-bridge"), ("CustomResourceDefinition", "triggers.triggerbridge.dev"),
+    ("ServiceAccount", "trigger-bridge"), ("Role", "trigger-bridge"),
+    ("RoleBinding", "trigger-bridge"), ("ConfigMap", "trigger-bridge-config"),
+    ("Deployment", "trigger-bridge"), ("Service", "trigger-bridge-metrics"),
+}
+#: What the example overlay adds.
+EXAMPLE_OBJECTS = {
+    ("Deployment", "echo"), ("Service", "echo"),
+    ("PersistentVolumeClaim", "trigger-bridge-dead-letters"),
+}
+#: A URL the broker sinks' ${VAR} may stand for in these tests.
+SINK_ENV = {"DEAD_LETTER_URL": "amqp://bridge:secret@rabbitmq.messaging:5672/"}
 
 
-def kustomization() -> dict[str, Any]:
-    return yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())  # type: ignore[no-any-return]
+def kustomization(root: Path = DEPLOY / "base") -> dict[str, Any]:
+    return yaml.safe_load((root / "kustomization.yaml").read_text())  # type: ignore[no-any-return]
 
 
-def build() -> list[dict[str, Any]]:
-    """What ``kubectl kustomize`` does with this kustomization (resources + namespace)."""
-    spec = kustomization()
+def build(root: Path = DEPLOY) -> list[dict[str, Any]]:
+    """What ``kubectl kustomize`` does with a kustomization of plain resources (files and
+    directories of their own) and a namespace; patches are left to kubectl."""
+    spec = kustomization(root)
+    assert "patches" not in spec, "patches need kubectl kustomize"
     objects = []
     for resource in spec["resources"]:
-        for doc in yaml.safe_load_all((DEPLOY / resource).read_text()):
+        path = root / resource
+        docs = build(path) if path.is_dir() else list(yaml.safe_load_all(path.read_text()))
+        for doc in docs:
             if doc is None:
                 continue
-            if doc["kind"] == "Namespace":
+            if "namespace" in spec and doc["kind"] == "Namespace":
                 doc["metadata"]["name"] = spec["namespace"]
-            elif doc["kind"] not in CLUSTER_SCOPED:
+            elif "namespace" in spec and doc["kind"] not in CLUSTER_SCOPED:
                 doc["metadata"]["namespace"] = spec["namespace"]
             objects.append(doc)
     return objects
+
+
+def kubectl_kustomize(root: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (apt-get install kubectl)")
+    out = subprocess.run([kubectl, "kustomize", str(root)], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def names(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(o["kind"], o["metadata"]["name"]) for o in objects}
+
+
+def config_text(objects: list[dict[str, Any]]) -> str:
+    return find(objects, "ConfigMap", "trigger-bridge-config")["data"]["config.yaml"]  # type: ignore[no-any-return]
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -49,10 +91,14 @@ def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def test_every_manifest_is_listed_and_loads() -> None:
-    listed = {DEPLOY / r for r in kustomization()["resources"]}
+    listed: set[Path] = set()
+    for spec_file in DEPLOY.rglob("kustomization.yaml"):
+        spec = yaml.safe_load(spec_file.read_text())
+        entries = [*spec.get("resources", []), *(p["path"] for p in spec.get("patches", []))]
+        listed |= {(spec_file.parent / entry).resolve() for entry in entries}
     on_disk = {p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml"}
     # Trigger examples need the CRD established first: applied separately (docs).
-    assert on_disk - listed == {DEPLOY / "examples" / "triggers.yaml"}
+    assert on_disk - listed == {EXAMPLE / "triggers.yaml"}
     assert all(p.exists() for p in listed)
 
 
@@ -62,12 +108,7 @@ def test_object_passes_the_api_schema(obj: dict[str, Any]) -> None:
 
 
 def test_kubectl_kustomize_builds_the_same_objects() -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (apt-get install kubectl)")
-    out = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    built = [d for d in yaml.safe_load_all(out) if d]
+    built = kubectl_kustomize(DEPLOY)
     key = lambda o: (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace"))  # noqa: E731
     assert sorted(map(key, built)) == sorted(map(key, build()))
     for obj in built:
@@ -75,6 +116,75 @@ def test_kubectl_kustomize_builds_the_same_objects() -> None:
     deployment = find(built, "Deployment", "trigger-bridge")
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "ghcr.io/example/trigger-bridge:0.1.0"
+
+
+def test_the_base_installs_the_bridge_and_nothing_else() -> None:
+    assert names(build()) == BRIDGE_OBJECTS  # no example function, no volume claim
+    assert names(kubectl_kustomize(DEPLOY)) == BRIDGE_OBJECTS
+    config = parse_config(config_text(build()), env=SINK_ENV)
+    assert (config.functions, config.triggers) == ({}, [])
+
+
+def test_the_example_overlay_builds_the_bridge_plus_the_example() -> None:
+    built = kubectl_kustomize(EXAMPLE)
+    assert names(built) == BRIDGE_OBJECTS | EXAMPLE_OBJECTS
+    for obj in built:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        if obj["kind"] != "CustomResourceDefinition" and obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "trigger-bridge"
+    config = parse_config(config_text(built), env={})
+    assert config.functions["echo"].kubernetes is not None
+    assert [t.name for t in config.triggers] == ["heartbeat"]
+    deployment = find(built, "Deployment", "trigger-bridge")
+    # A ReadWriteOnce volume: one writer, and the old pod lets go before the new mounts it.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    claim = find(built, "PersistentVolumeClaim", "trigger-bridge-dead-letters")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "ghcr.io/example/trigger-bridge:0.1.0"
+
+
+def _sinks(config: BridgeConfig) -> list[SinkConfig]:
+    dead_letters = [config.defaults.dead_letter, *(t.dead_letter for t in config.triggers)]
+    sinks: list[SinkConfig] = []
+    for dead_letter in dead_letters:
+        if dead_letter is not None:
+            sinks += [dead_letter, *([dead_letter.fallback] if dead_letter.fallback else [])]
+    return sinks
+
+
+def _volume_of(path: str, deployment: dict[str, Any]) -> dict[str, Any] | None:
+    """The volume a file at ``path`` lands on in the bridge container (None: the image's
+    own, read-only, filesystem)."""
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    mounts = sorted(container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"]))
+    for mount in mounts:
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            return next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    return None
+
+
+@pytest.mark.parametrize("root", [DEPLOY, EXAMPLE], ids=["base", "example"])
+def test_dead_letters_are_stored_where_they_outlive_the_pod(root: Path) -> None:
+    """A source message is acked once its dead letter is stored: the store must survive
+    the pod (no emptyDir), and a broker sink's credentials come from a Secret."""
+    built = build() if root == DEPLOY else kubectl_kustomize(root)
+    deployment = find(built, "Deployment", "trigger-bridge")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    text = config_text(built)
+    sinks = _sinks(parse_config(text, env=SINK_ENV))
+    assert sinks
+    for sink in sinks:
+        if sink.file is not None:
+            volume = _volume_of(sink.file.path, deployment)
+            assert volume is not None, f"{sink.file.path} is on no volume"
+            assert "emptyDir" not in volume, f"{sink.file.path} dies with the pod"
+            assert "persistentVolumeClaim" in volume
+    for variable in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text):
+        assert "secretKeyRef" in env[variable]["valueFrom"], f"{variable}: from a Secret"
 
 
 def test_deployment_is_a_well_behaved_workload() -> None:
@@ -97,7 +207,9 @@ def test_deployment_is_a_well_behaved_workload() -> None:
     assert env["BRIDGE_LEADER_ELECTION"] == "true"
     assert env["BRIDGE_WATCH_TRIGGERS"] == "true"
     known = {f"BRIDGE_{name.upper()}" for name in Settings.model_fields}
-    assert set(env) <= known, set(env) - known
+    referenced = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", config_text(objects)))
+    assert set(env) <= known | referenced, set(env) - known - referenced
+    assert referenced <= set(env), "every ${VAR} of the config is set in the pod"
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert "subPath" not in mounts["config"]  # ConfigMap edits must reach the pod
     assert env["BRIDGE_CONFIG"].startswith(mounts["config"]["mountPath"])
@@ -134,11 +246,9 @@ def test_crd_matches_the_code() -> None:
 
 
 def test_example_config_and_triggers_validate_with_the_bridge_models() -> None:
-    configmap = find(build(), "ConfigMap", "trigger-bridge-config")
-    config = parse_config(configmap["data"]["config.yaml"], env={})
+    config = parse_config(config_text(kubectl_kustomize(EXAMPLE)), env={})
     assert config.functions["echo"].kubernetes is not None
-    examples = [d for d in yaml.safe_load_all((DEPLOY / "examples" / "triggers.yaml").read_text())
-                if d]
+    examples = [d for d in yaml.safe_load_all((EXAMPLE / "triggers.yaml").read_text()) if d]
     assert examples
     for obj in examples:
         assert obj["apiVersion"] == f"{TRIGGER_GROUP}/{TRIGGER_VERSION}"
