@@ -142,7 +142,11 @@ async def _serve(config: BridgeConfig, settings: Settings, path: str | None = No
     stop = stop_on_signals()
     runtime = Runtime(config, settings)
     wire(runtime, path)  # config reload (file, SIGHUP); Lease and Trigger resources if enabled
-    await runtime.start()
+    try:
+        await runtime.start()
+    except ConfigError as err:  # a trigger whose settings its connector or sink refused
+        await runtime.shutdown()
+        raise _UsageError([str(p) for p in err.problems]) from None
     await asyncio.sleep(0)  # let every pump reach its first wait
     tune_gc()
     try:

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -42,6 +42,7 @@ from pydantic_core import ErrorDetails
 from bridge.durations import parse_duration
 from bridge.retry import RetryPolicy
 from bridge.schedule import ScheduleError, parse_schedule
+from bridge.urls import password_forms, path_problem, server_problem, url_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,34 @@ def _as_list(value: object) -> object:
     return value
 
 
-Servers = Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)]
+_T = TypeVar("_T")
+
+
+def _checked(problem: str | None, value: _T) -> _T:
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _check_server(value: str) -> str:
+    return _checked(server_problem(value), value)
+
+
+def _check_http_url(value: str) -> str:
+    return _checked(url_problem(value, ("http", "https")), value)
+
+
+def _check_amqp_url(value: SecretStr) -> SecretStr:
+    return _checked(url_problem(value.get_secret_value(), ("amqp", "amqps")), value)
+
+
+#: A Kafka bootstrap server ``host:port`` (checked as the client reads it).
+Server = Annotated[str, AfterValidator(_check_server)]
+Servers = Annotated[list[Server], BeforeValidator(_as_list), Field(min_length=1)]
+#: URLs: checked by :mod:`bridge.urls`; an error never shows the value (it may hold a
+#: password).
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+AmqpUrl = Annotated[SecretStr, AfterValidator(_check_amqp_url)]
 
 
 class Strict(BaseModel):
@@ -263,16 +291,11 @@ class RabbitSinkConfig(Strict):
     exchange: str | None = None
     routing_key: str = ""
     #: Default: the trigger's own RabbitMQ url (when it has one).
-    url: SecretStr | None = None
+    url: AmqpUrl | None = None
     #: Default: the trigger's own ``tls`` when ``url`` is the trigger's.
     tls: TlsConfig | None = None
     #: ``basic.reject(requeue=false)`` the original so the queue's own DLX takes it.
     reject: bool = False
-
-    @field_validator("url")
-    @classmethod
-    def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None else _check_amqp_url(value)
 
     @model_validator(mode="after")
     def _exchange_or_reject(self) -> RabbitSinkConfig:
@@ -286,12 +309,6 @@ class RabbitSinkConfig(Strict):
             raise _FieldError("url", "'tls' needs an explicit amqps:// 'url'")
         _check_tls_scheme(self.url, self.tls)
         return self
-
-
-def _check_amqp_url(value: SecretStr) -> SecretStr:
-    if not re.match(r"^amqps?://[^/\s]", value.get_secret_value()):
-        raise ValueError("expected an amqp:// or amqps:// URL")
-    return value
 
 
 def _check_tls_scheme(url: SecretStr | None, tls: TlsConfig | None) -> None:
@@ -356,27 +373,58 @@ class Defaults(Strict):
 # --- functions ---------------------------------------------------------------------
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
+_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+
+
+def _check_service(value: str) -> str:
+    if len(value) > _NAME_MAX or not _SERVICE_NAME.match(value):
+        raise ValueError("must be a Service name: at most 63 lower-case letters, digits and "
+                         "'-', starting with a letter and ending with a letter or digit")
+    return value
+
+
+def _check_namespace(value: str) -> str:
+    if len(value) > _NAME_MAX or not _DNS_LABEL.match(value):
+        raise ValueError("must be a namespace name: at most 63 lower-case letters, digits "
+                         "and '-', starting and ending with a letter or digit")
+    return value
+
+
+def _check_port(value: int | str) -> int | str:
+    if isinstance(value, int) or value.isdigit():
+        if not 1 <= int(value) <= 65535:
+            raise ValueError("a port number must be from 1 to 65535")
+        return value
+    if len(value) > 15 or not _PORT_NAME.match(value) or "--" in value or not any(
+        c.isalpha() for c in value
+    ):
+        raise ValueError("must be a port number or a Service port name (at most 15 "
+                         "lower-case letters, digits and '-', with a letter)")
+    return value
+
+
+def _check_path(value: str) -> str:
+    return _checked(path_problem(value), value)
+
+
 class KubernetesTarget(Strict):
-    service: str = Field(min_length=1)
-    namespace: str | None = None
-    port: int | str = "http"
-    path: str = "/"
+    service: Annotated[str, AfterValidator(_check_service)]
+    namespace: Annotated[str, AfterValidator(_check_namespace)] | None = None
+    port: Annotated[int | str, AfterValidator(_check_port)] = "http"
+    path: Annotated[str, AfterValidator(_check_path)] = "/"
 
 
 class OverflowConfig(Strict):
-    url: str
+    url: HttpUrl
     #: How long to wait for in-cluster capacity before overflowing.
     after: Duration = 0.25
 
-    @field_validator("url")
-    @classmethod
-    def _url_is_http(cls, value: str) -> str:
-        return _http_url(value)
-
 
 class FunctionConfig(Strict):
-    url: str | None = None
-    urls: list[str] | None = Field(None, min_length=1)
+    url: HttpUrl | None = None
+    urls: list[HttpUrl] | None = Field(None, min_length=1)
     kubernetes: KubernetesTarget | None = None
     #: In-flight invocations of this function across all triggers (the quota).
     max_concurrency: int | None = Field(None, ge=1)
@@ -384,16 +432,6 @@ class FunctionConfig(Strict):
     overflow: OverflowConfig | None = None
     #: Static headers added to every request (e.g. an auth token from ``${ENV}``).
     headers: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("url")
-    @classmethod
-    def _url_is_http(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value)
-
-    @field_validator("urls")
-    @classmethod
-    def _urls_are_http(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else [_http_url(v) for v in value]
 
     @field_validator("headers")
     @classmethod
@@ -429,12 +467,6 @@ def _check_static_header(name: str, value: str) -> None:
         raise _FieldError(name, "set by the bridge on every request; it cannot be configured")
     if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
         raise _FieldError(name, "value contains control characters (CR, LF, ...)")
-
-
-def _http_url(value: str) -> str:
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    return value
 
 
 # --- sources -----------------------------------------------------------------------
@@ -498,7 +530,7 @@ class RabbitDeclare(Strict):
 
 
 class RabbitSource(Strict):
-    url: SecretStr
+    url: AmqpUrl
     queue: str = Field(min_length=1, max_length=255)
     #: basic.qos: messages delivered and not yet acked; also the bridge's in-flight bound.
     prefetch: int = Field(50, ge=1, le=65535)
@@ -507,11 +539,6 @@ class RabbitSource(Strict):
     #: With ``ordering: key``: the header holding the key (default: the routing key).
     ordering_header: str | None = None
     tls: TlsConfig | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _amqp_url(cls, value: SecretStr) -> SecretStr:
-        return _check_amqp_url(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> RabbitSource:
@@ -629,6 +656,31 @@ class ResolvedTrigger:
         """The source's ordering mode (cron has none)."""
         source = self.config.source
         return "none" if isinstance(source, CronSource) else source.ordering
+
+
+def secrets_of(*parts: BaseModel | None) -> set[str]:
+    """Every secret the config parts hold, to keep out of messages.
+
+    ``SecretStr`` values (of a URL only its password: host and vhost are no secret) and
+    the passwords of http URLs, each as written and percent-decoded.
+    """
+    found: set[str] = set()
+    pending: list[Any] = list(parts)
+    while pending:
+        value = pending.pop()
+        if isinstance(value, BaseModel):
+            pending.extend(getattr(value, name) for name in type(value).model_fields)
+        elif isinstance(value, list | tuple | set | frozenset):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, SecretStr):
+            text = value.get_secret_value()
+            found.update(password_forms(text) if "://" in text else [text])
+        elif isinstance(value, str) and "://" in value:
+            found.update(password_forms(value))
+    found.discard("")
+    return found
 
 
 def _merge(base: RetryConfig, override: RetryConfig | None) -> RetryConfig:
@@ -866,33 +918,63 @@ def _cross_references(config: BridgeConfig) -> Iterator[ConfigProblem]:
                 f"duplicate trigger name {trigger.name!r} (also triggers[{seen[trigger.name]}])",
             )
         seen.setdefault(trigger.name, index)
-        if trigger.function not in config.functions:
-            known = ", ".join(sorted(config.functions)) or "none defined"
-            yield ConfigProblem(
-                f"triggers[{index}].function",
-                f"unknown function {trigger.function!r} (known: {known})",
-            )
-        if (
-            trigger.dead_letter is None
-            and config.defaults.dead_letter is None
-        ):
-            yield ConfigProblem(
-                f"triggers[{index}].dead_letter",
-                "no dead-letter sink: set one here or in defaults.dead_letter",
-            )
-        yield from _rabbit_sink_problems(config, index, trigger)
-        yield from _kafka_sink_problems(config, index, trigger)
+        yield from trigger_problems(config, trigger, f"triggers[{index}]")
+
+
+def validate_trigger(
+    raw: Any,
+    base: BridgeConfig,
+    path: str,
+    functions: Mapping[str, FunctionConfig] | None = None,
+) -> TriggerConfig:
+    """One ``triggers`` entry, checked exactly as a config file's are.
+
+    The entry's own model, then :func:`trigger_problems` against ``base``'s defaults and
+    functions (plus ``functions``): the checks a file runs on each of its triggers, for
+    a trigger that comes from elsewhere (a Trigger resource). Problems are reported at
+    ``path`` (``spec.cron.schedule``); raises :class:`ConfigError`.
+    """
+    try:
+        trigger = TriggerConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(list(problems_from(err, prefix=path, root=TriggerConfig))) from None
+    composed = BridgeConfig.model_construct(
+        defaults=base.defaults, functions={**base.functions, **(functions or {})},
+        triggers=[trigger],
+    )
+    problems = list(trigger_problems(composed, trigger, path))
+    if problems:
+        raise ConfigError(problems)
+    return trigger
+
+
+def trigger_problems(
+    config: BridgeConfig, trigger: TriggerConfig, path: str
+) -> Iterator[ConfigProblem]:
+    """What a trigger needs from the rest of the config: its function, and a dead-letter
+    sink it can use. ``path`` is where the trigger is written (``triggers[2]``)."""
+    if trigger.function not in config.functions:
+        known = ", ".join(sorted(config.functions)) or "none defined"
+        yield ConfigProblem(
+            f"{path}.function", f"unknown function {trigger.function!r} (known: {known})"
+        )
+    if trigger.dead_letter is None and config.defaults.dead_letter is None:
+        yield ConfigProblem(
+            f"{path}.dead_letter", "no dead-letter sink: set one here or in defaults.dead_letter"
+        )
+    yield from _rabbit_sink_problems(config, trigger, path)
+    yield from _kafka_sink_problems(config, trigger, path)
 
 
 def _trigger_sinks(
-    config: BridgeConfig, index: int, trigger: TriggerConfig
+    config: BridgeConfig, trigger: TriggerConfig, path: str
 ) -> Iterator[tuple[SinkConfig, str, str]]:
     """The trigger's dead-letter sink and its fallback: (sink, path, note for messages)."""
     own = trigger.dead_letter is not None
     dead_letter = trigger.dead_letter or config.defaults.dead_letter
     if dead_letter is None:
         return
-    where = f"triggers[{index}].dead_letter" if own else "defaults.dead_letter"
+    where = f"{path}.dead_letter" if own else "defaults.dead_letter"
     suffix = "" if own else f" (inherited by trigger {trigger.name!r})"
     yield dead_letter, where, suffix
     if dead_letter.fallback is not None:
@@ -900,10 +982,10 @@ def _trigger_sinks(
 
 
 def _kafka_sink_problems(
-    config: BridgeConfig, index: int, trigger: TriggerConfig
+    config: BridgeConfig, trigger: TriggerConfig, path: str
 ) -> Iterator[ConfigProblem]:
     """A Kafka dead-letter sink without servers borrows the trigger's connection."""
-    for dead_letter, where, suffix in _trigger_sinks(config, index, trigger):
+    for dead_letter, where, suffix in _trigger_sinks(config, trigger, path):
         sink = dead_letter.kafka
         if sink is None or sink.bootstrap_servers is not None:
             continue
@@ -928,10 +1010,10 @@ def _kafka_sink_problems(
 
 
 def _rabbit_sink_problems(
-    config: BridgeConfig, index: int, trigger: TriggerConfig
+    config: BridgeConfig, trigger: TriggerConfig, path: str
 ) -> Iterator[ConfigProblem]:
     """A RabbitMQ dead-letter sink borrows the trigger's connection, so it needs one."""
-    for dead_letter, where, suffix in _trigger_sinks(config, index, trigger):
+    for dead_letter, where, suffix in _trigger_sinks(config, trigger, path):
         sink = dead_letter.rabbitmq
         if sink is None or trigger.kind == "rabbitmq":
             continue

@@ -9,7 +9,9 @@ the triggers whose resolved settings changed.
 The file is checked every ``BRIDGE_RELOAD_INTERVAL`` (its resolved path and stat:
 a mounted ConfigMap is swapped by re-pointing its ``..data`` symlink, which changes
 the resolved path) and at once on SIGHUP. A file that does not validate is logged,
-one line per problem with its path, and the running configuration stays.
+one line per problem with its path, and the running configuration stays. A trigger
+the new configuration adds or changes that cannot be built is logged and left out
+(``failed`` in the ``config reloaded`` line); every other trigger is applied.
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
-from bridge.config import BridgeConfig, ConfigError, FunctionConfig, TriggerConfig, load_config
-from bridge.logs import Logger
+from bridge.config import (
+    BridgeConfig,
+    ConfigError,
+    FunctionConfig,
+    TriggerConfig,
+    load_config,
+    secrets_of,
+)
+from bridge.logs import Logger, redact
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
@@ -34,12 +43,15 @@ class TriggerSource(Protocol):
     ) -> tuple[dict[str, FunctionConfig], list[TriggerConfig]]:
         """The functions and triggers this source adds next to ``base`` (the file's)."""
 
+    def applied(self, failures: Mapping[str, str]) -> None:
+        """After each apply: the triggers that could not be built (name -> reason)."""
+
 
 class Composer:
     """Holds the file's config and the other sources; applies their union."""
 
-    def __init__(self, apply: Callable[[BridgeConfig], object], file: BridgeConfig,
-                 log: Logger) -> None:
+    def __init__(self, apply: Callable[[BridgeConfig], Awaitable[Mapping[str, str]]],
+                 file: BridgeConfig, log: Logger) -> None:
         self._apply = apply
         self.file = file
         self._sources: list[TriggerSource] = []
@@ -58,16 +70,18 @@ class Composer:
             triggers.extend(extra_triggers)
         return BridgeConfig(defaults=self.file.defaults, functions=functions, triggers=triggers)
 
-    async def set_file(self, config: BridgeConfig) -> None:
+    async def set_file(self, config: BridgeConfig) -> Mapping[str, str]:
         self.file = config
-        await self.refresh()
+        return await self.refresh()
 
-    async def refresh(self) -> None:
-        """Recompose and apply (serialised: one apply at a time)."""
+    async def refresh(self) -> Mapping[str, str]:
+        """Recompose and apply (serialised: one apply at a time); the triggers that could
+        not be built (name -> reason) go to every source and back to the caller."""
         async with self._lock:
-            result = self._apply(self.compose())
-            if asyncio.iscoroutine(result):
-                await result
+            failures = await self._apply(self.compose())
+            for source in self._sources:
+                source.applied(failures)
+            return failures
 
 
 def file_signature(path: str) -> tuple[str, int, int, int] | None:
@@ -130,7 +144,8 @@ class ConfigReloader:
             try:
                 await self.reload()
             except Exception as err:
-                self._log.error("config reload failed", error=f"{type(err).__name__}: {err}"[:400])
+                error = redact(f"{type(err).__name__}: {err}", secrets_of(self._composer.file))
+                self._log.error("config reload failed", error=error[:400])
 
     async def reload(self) -> bool:
         """Load and apply the file; False (and the old config kept) when it is invalid."""
@@ -146,12 +161,13 @@ class ConfigReloader:
             return True
         before = {t.name: t for t in self._composer.file.triggers}
         after = {t.name: t for t in config.triggers}
-        await self._composer.set_file(config)
+        failures = await self._composer.set_file(config)
         self._log.info(
             "config reloaded",
             added=sorted(after.keys() - before.keys()),
             removed=sorted(before.keys() - after.keys()),
             changed=sorted(n for n in after.keys() & before.keys() if after[n] != before[n]),
+            failed=sorted(n for n in failures if n in after),
         )
         return True
 

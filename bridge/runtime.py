@@ -8,7 +8,10 @@ process exits 0. A pump whose connector fails to start or breaks is restarted wi
 backoff and logs why; its trigger reads not-ready meanwhile. Nothing runs unsupervised.
 
 Triggers are units keyed by name, so a config reload or a Trigger resource change can
-add, replace or remove one without touching the others (:meth:`Runtime.apply`).
+add, replace or remove one without touching the others (:meth:`Runtime.apply`). A
+trigger that cannot be *built* (its connector or sink refuses the settings) stops the
+start-up (a config problem: the CLI exits 2 naming it); after that it is one trigger
+down, reported (log, ``/readyz``, its Trigger's status), while the others run on.
 
 Dead-letter sinks are shared by the triggers whose sink settings are equal, compared by
 their real values (:func:`~bridge.deadletter.sink_key`: a password or virtual host of
@@ -29,12 +32,20 @@ from typing import Any, Protocol
 import aiohttp
 
 from bridge.admin import AdminServer
-from bridge.config import BridgeConfig, FunctionConfig, ResolvedTrigger, SinkConfig
+from bridge.config import (
+    BridgeConfig,
+    ConfigError,
+    ConfigProblem,
+    FunctionConfig,
+    ResolvedTrigger,
+    SinkConfig,
+    secrets_of,
+)
 from bridge.deadletter import Sink, sink_key
 from bridge.dispatcher import Dispatcher, DispatchParts
 from bridge.invoker import Invoker
 from bridge.leadership import AlwaysLeader, Leadership
-from bridge.logs import Logger, get_logger
+from bridge.logs import Logger, get_logger, redact
 from bridge.metrics import Metrics
 from bridge.pools import BalancedPool, Pool, Target
 from bridge.retry import RetryPolicy, backoff
@@ -56,6 +67,14 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BuildFailure:
+    """A trigger that could not be built: tried again when its settings change."""
+
+    trigger: ResolvedTrigger
+    reason: str
 
 
 @dataclass(slots=True, eq=False)
@@ -92,6 +111,8 @@ class Runtime:
             instance=settings.instance or "trigger-bridge",
         )
         self.units: dict[str, Unit] = {}
+        #: Triggers of the config that could not be built (see :meth:`apply`).
+        self.failures: dict[str, BuildFailure] = {}
         self.admin = AdminServer(
             self.metrics, self.readiness, settings.admin_host, settings.admin_port
         )
@@ -116,8 +137,7 @@ class Runtime:
         self._session = Invoker.session()
         self._invoker = Invoker(self._session)
         await self.admin.start()
-        for trigger in self.config.triggers:
-            await self._start_unit(self.config.resolve(trigger))
+        await self._start_all()
         for service in self.services:
             await service.start()
         self._starting = False
@@ -153,6 +173,7 @@ class Runtime:
         ready = {name: unit.connector.ready for name, unit in self.units.items()}
         for name, value in ready.items():
             self.metrics.trigger(name).ready = value
+        ready.update(dict.fromkeys(self.failures, False))
         if self._starting:
             ready["startup"] = False
         ready.update({name: probe() for name, probe in self.probes.items()})
@@ -167,8 +188,14 @@ class Runtime:
 
     # --- units ----------------------------------------------------------------------
 
-    async def apply(self, config: BridgeConfig) -> None:
-        """Move to ``config``: start new triggers, restart changed ones, stop removed ones."""
+    async def apply(self, config: BridgeConfig) -> Mapping[str, str]:
+        """Move to ``config``: start new triggers, restart changed ones, stop removed ones.
+
+        Per trigger: one that cannot be built (its connector or sink refuses its settings)
+        is logged and left out, and every other trigger still stops, starts or runs on.
+        It is tried again once its settings change. Returns the triggers of ``config``
+        that are not running for that reason (name -> secret-free reason).
+        """
         wanted = {t.name: config.resolve(t) for t in config.triggers}
         self.config = config
         changed = [n for n, u in self.units.items() if wanted.get(n) != u.trigger]
@@ -176,16 +203,46 @@ class Runtime:
             await self.stop_unit(name)
             if name not in wanted:
                 self.metrics.forget(name)  # removed: its series go too
+        self.failures = {n: f for n, f in self.failures.items() if wanted.get(n) == f.trigger}
         for name in [f for f, fn in self._functions.items() if config.functions.get(f) != fn]:
             # Changed or removed function: its triggers were stopped above; rebuild it.
             self._functions.pop(name)
             await _close_quietly(self._targets.pop(name, None), self.log)
         for name, resolved in wanted.items():
-            if name not in self.units:
-                await self._start_unit(resolved)
+            if name in self.units or name in self.failures:
+                continue
+            try:
+                self._launch(await self._build_unit(resolved))
+            except Exception as err:
+                failure = BuildFailure(resolved, _build_error(resolved, err))
+                self.failures[name] = failure
+                self.log.error("trigger cannot be started; the others go on", trigger=name,
+                               error=failure.reason)
         await self._close_unused_sinks()
+        return {name: failure.reason for name, failure in self.failures.items()}
 
-    async def _start_unit(self, trigger: ResolvedTrigger) -> None:
+    async def _start_all(self) -> None:
+        """Build every trigger of the config, then start them; ConfigError if any fails.
+
+        At start-up a trigger that cannot be built is a config problem: nothing is started
+        and the CLI exits 2 naming it (``triggers[3]: cannot be started: ...``).
+        """
+        units, problems = [], []
+        for index, trigger in enumerate(self.config.triggers):
+            resolved = self.config.resolve(trigger)
+            try:
+                units.append(await self._build_unit(resolved))
+            except Exception as err:
+                problems.append(ConfigProblem(
+                    f"triggers[{index}]", f"cannot be started: {_build_error(resolved, err)}"
+                ))
+        if problems:
+            raise ConfigError(problems)
+        for unit in units:
+            self._launch(unit)
+
+    async def _build_unit(self, trigger: ResolvedTrigger) -> Unit:
+        """The trigger's connector, sink and dispatcher; raises if its settings are refused."""
         assert self._invoker is not None, "start() first"
         connector = connector_factory(trigger.config.kind)(trigger, self.context)
         dead_letter = trigger.dead_letter
@@ -205,9 +262,11 @@ class Runtime:
             fallback=fallback,
         )
         dispatcher = Dispatcher(trigger, parts, trigger.ordering, connector.max_unsettled)
-        unit = Unit(trigger, connector, dispatcher, sinks=sinks)
-        unit.pump = asyncio.create_task(self._pump(unit), name=f"pump:{trigger.name}")
-        self.units[trigger.name] = unit
+        return Unit(trigger, connector, dispatcher, sinks=sinks)
+
+    def _launch(self, unit: Unit) -> None:
+        unit.pump = asyncio.create_task(self._pump(unit), name=f"pump:{unit.trigger.name}")
+        self.units[unit.trigger.name] = unit
 
     async def stop_unit(self, name: str) -> None:
         unit = self.units.pop(name, None)
@@ -304,6 +363,12 @@ class Runtime:
             await _close_quietly(sink, self.log)
             self.log.info("dead-letter sink closed: no trigger uses it",
                           sink=type(sink).__name__)
+
+
+def _build_error(trigger: ResolvedTrigger, err: BaseException) -> str:
+    """Why ``trigger`` could not be built, without any piece of its secrets."""
+    return redact(_describe(err), secrets_of(trigger.config, trigger.function,
+                                             trigger.dead_letter))
 
 
 def _describe(err: BaseException) -> str:

@@ -37,10 +37,11 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from bridge.logs import Logger
+from bridge.logs import Logger, redact_url
 from bridge.outcome import parse_retry_after
 from bridge.retry import RetryPolicy, backoff
 from bridge.settings import Settings
+from bridge.urls import url_problem
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 #: Retries of one request on 429 / 5xx / connection errors, before the caller sees it.
@@ -174,8 +175,12 @@ def log_api_error(log: Logger, err: BaseException, what: str, retry_in: float | 
 
 
 def _describe(err: BaseException) -> str:
-    text = str(err)
+    text = redact_url(str(err))
     return f"{type(err).__name__}: {text}"[:400] if text else type(err).__name__
+
+
+class KubeConfigError(Exception):
+    """The kubeconfig cannot be used; the message says why, without its values."""
 
 
 class KubeClient:
@@ -201,10 +206,13 @@ class KubeClient:
             if self._api is None:
                 configuration = k8s.Configuration()
                 namespace = await self._load(configuration)
+                problem = url_problem(str(configuration.host), ("https", "http"))
+                if problem:  # the value may hold credentials: never shown
+                    raise KubeConfigError(f"the API server URL of the kubeconfig {problem}")
                 self._namespace = self._settings.namespace or namespace or "default"
                 self._api = k8s.ApiClient(configuration)
                 self._log.info(
-                    "kubernetes api configured", host=configuration.host,
+                    "kubernetes api configured", host=redact_url(str(configuration.host)),
                     namespace=self._namespace,
                 )
             return self._api

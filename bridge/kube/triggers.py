@@ -9,17 +9,23 @@ file's function schema: ``url`` | ``urls`` | ``kubernetes``, ``max_concurrency``
 defaults to the Trigger's namespace. Triggers inherit the config file's ``defaults``.
 
 The watcher (a :class:`~bridge.reload.TriggerSource`) validates every object with the
-config file's own models; the valid ones join the running config next to the file's
-triggers (a name the file already uses is refused), and each add, change (new
-``metadata.generation``) and delete is applied at once. Each object gets a status:
+code that validates the config file's triggers (:func:`bridge.config.validate_trigger`:
+the same models and the same cross-checks, dead-letter sink included, against the
+file's defaults and functions); the valid ones join the running config next to the
+file's triggers (a name the file already uses is refused), and each add, change (new
+``metadata.generation``) and delete is applied at once, per trigger: one that the
+runtime cannot build does not hold back the others. Each object gets a status:
 
-- ``conditions[type=Ready]``: ``True`` (reason ``Applied``) or ``False`` (reason
-  ``InvalidSpec``, message = the validation problems, one per line, with their paths
-  such as ``spec.cron.schedule``); ``observedGeneration``;
+- ``conditions[type=Ready]``: ``True`` (reason ``Applied``) or ``False``: reason
+  ``InvalidSpec`` (message = the validation problems, one per line, with their paths
+  such as ``spec.cron.schedule``) or ``StartFailed`` (valid, but its connector or
+  dead-letter sink could not be built: the reason, without secrets; tried again when
+  the Trigger or the config file changes); ``observedGeneration``;
 - ``lastScheduleTime`` for cron triggers (like a CronJob's), from the replica firing;
 
-and a Kubernetes Event (``Warning InvalidSpec`` or ``Normal Applied``) per generation.
-With leader election on, only the leader writes statuses and Events.
+and a Kubernetes Event (``Warning InvalidSpec``, ``Warning StartFailed`` or ``Normal
+Applied``) per change of that condition. With leader election on, only the leader
+writes statuses and Events.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -40,7 +47,9 @@ from bridge.config import (
     FunctionConfig,
     TriggerConfig,
     problems_from,
+    secrets_of,
 )
+from bridge.config import validate_trigger as config_validate_trigger
 from bridge.kube.client import (
     EVENTS,
     TRIGGER_GROUP,
@@ -53,7 +62,7 @@ from bridge.kube.client import (
     object_name,
 )
 from bridge.kube.lease import micro_time
-from bridge.logs import Logger
+from bridge.logs import Logger, redact
 
 if TYPE_CHECKING:
     from bridge.leadership import Leadership
@@ -66,28 +75,51 @@ _MESSAGE_MAX = 1024
 
 @dataclass(slots=True)
 class Verdict:
-    """One Trigger object's validation result at one generation."""
+    """One Trigger object's result at one generation: validated, then built or not."""
 
     generation: int
     trigger: TriggerConfig | None = None
     functions: dict[str, FunctionConfig] | None = None
     problems: tuple[str, ...] = ()
+    #: Why the runtime could not build the (valid) trigger; None while it runs.
+    failure: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.trigger is not None
+        return self.trigger is not None and self.failure is None
+
+    @property
+    def reason(self) -> str:
+        if self.trigger is None:
+            return "InvalidSpec"
+        return "Applied" if self.failure is None else "StartFailed"
 
     @property
     def message(self) -> str:
-        if self.ok:
-            return "trigger applied"
-        return "\n".join(self.problems)[:_MESSAGE_MAX]
+        if self.trigger is None:
+            return "\n".join(self.problems)[:_MESSAGE_MAX]
+        if self.failure is not None:
+            return f"cannot be started: {self.failure}"[:_MESSAGE_MAX]
+        return "trigger applied"
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        """What a status and an Event are written for (once per change of it)."""
+        return self.generation, self.reason, self.message
+
+    def same_spec(self, other: Verdict) -> bool:
+        return (other.trigger, other.functions) == (self.trigger, self.functions)
 
 
 def validate_trigger(
     obj: dict[str, Any], base: BridgeConfig
 ) -> tuple[TriggerConfig, dict[str, FunctionConfig]]:
-    """The trigger (and inline function) a Trigger object declares; ConfigError if invalid."""
+    """The trigger (and inline function) a Trigger object declares; ConfigError if invalid.
+
+    The spec is checked by :func:`bridge.config.validate_trigger`, the code that checks
+    each trigger of the config file (with the file's defaults and functions), so a
+    Trigger is valid exactly when the same entry in the file would be.
+    """
     meta = obj.get("metadata") or {}
     name, namespace = str(meta.get("name") or ""), str(meta.get("namespace") or "")
     spec = obj.get("spec")
@@ -97,21 +129,23 @@ def validate_trigger(
     problems: list[ConfigProblem] = []
     if "name" in spec:
         problems.append(ConfigProblem("spec.name", "not allowed: the name is metadata.name"))
-    function_name, functions = _function(spec.get("function"), name, namespace, base, problems)
-    trigger = None
-    try:
-        trigger = TriggerConfig.model_validate({**fields, "name": name, "function": function_name})
-    except ValidationError as err:
-        problems.extend(_respell(p) for p in problems_from(err, prefix="spec"))
+    reported = len(problems)
+    function_name, functions = _function(spec.get("function"), name, namespace, problems)
+    function_ok = len(problems) == reported  # else "unknown function" would repeat it
     if any(t.name == name for t in base.triggers):
         problems.append(ConfigProblem(
             "metadata.name", f"a trigger named {name!r} is already defined in the config file"
         ))
-    if trigger is not None and trigger.dead_letter is None and base.defaults.dead_letter is None:
-        problems.append(ConfigProblem(
-            "spec.dead_letter", "no dead-letter sink: set one here or in the config file's "
-            "defaults.dead_letter",
-        ))
+    trigger = None
+    try:
+        trigger = config_validate_trigger(
+            {**fields, "name": name, "function": function_name}, base, "spec", functions
+        )
+    except ConfigError as err:
+        problems.extend(
+            _respell(p) for p in err.problems
+            if function_ok or not p.path.startswith("spec.function")
+        )
     if problems or trigger is None:
         raise ConfigError(problems)
     return trigger, functions
@@ -124,14 +158,10 @@ def _respell(problem: ConfigProblem) -> ConfigProblem:
 
 
 def _function(
-    spec: object, name: str, namespace: str, base: BridgeConfig, problems: list[ConfigProblem]
+    spec: object, name: str, namespace: str, problems: list[ConfigProblem]
 ) -> tuple[str, dict[str, FunctionConfig]]:
+    """The function a spec names (checked with the others) or declares inline."""
     if isinstance(spec, str):
-        if spec not in base.functions:
-            known = ", ".join(sorted(base.functions)) or "none defined"
-            problems.append(ConfigProblem(
-                "spec.function", f"unknown function {spec!r} in the config file (known: {known})"
-            ))
         return spec, {}
     if not isinstance(spec, dict):
         problems.append(ConfigProblem(
@@ -175,7 +205,7 @@ class TriggerWatcher:
         self._interval = status_interval
         self._objects: dict[str, dict[str, Any]] = {}
         self._verdicts: dict[str, Verdict] = {}
-        self._reported: dict[str, tuple[int, bool, str]] = {}
+        self._reported: dict[str, tuple[int, str, str]] = {}
         self._schedules: dict[str, str] = {}
         self._pending: asyncio.Queue[str] = asyncio.Queue()
         self._failed: set[str] = set()
@@ -211,15 +241,25 @@ class TriggerWatcher:
         for name, obj in sorted(self._objects.items()):
             verdict = self._judge(obj, base)
             previous = self._verdicts.get(name)
-            if previous is None or (previous.generation, previous.message) != (
-                verdict.generation, verdict.message
+            if previous is not None and previous.trigger is not None and verdict.same_spec(
+                previous
             ):
+                verdict.failure = previous.failure  # the runtime retries only on a change
+            if previous is None or previous.key != verdict.key:
                 self._pending.put_nowait(name)
             self._verdicts[name] = verdict
             if verdict.trigger is not None and verdict.functions is not None:
                 functions.update(verdict.functions)
                 triggers.append(verdict.trigger)
         return functions, triggers
+
+    def applied(self, failures: Mapping[str, str]) -> None:
+        """Triggers the runtime could not build get ``Ready=False`` (``StartFailed``)."""
+        for name, verdict in self._verdicts.items():
+            failure = failures.get(name) if verdict.trigger is not None else None
+            if failure != verdict.failure:
+                verdict.failure = failure
+                self._pending.put_nowait(name)
 
     def _judge(self, obj: dict[str, Any], base: BridgeConfig) -> Verdict:
         generation = int((obj.get("metadata") or {}).get("generation") or 0)
@@ -228,7 +268,8 @@ class TriggerWatcher:
         except ConfigError as err:
             problems = tuple(str(p) for p in err.problems)
         except Exception as err:  # a validator bug must not stop the other Triggers
-            problems = (f"spec: cannot be validated: {type(err).__name__}: {err}"[:500],)
+            # (its text may quote the spec, secrets included: only the type)
+            problems = (f"spec: cannot be validated: {type(err).__name__}",)
         else:
             return Verdict(generation, trigger, functions)
         self._log.warning("invalid Trigger resource", trigger=object_name(obj),
@@ -272,8 +313,11 @@ class TriggerWatcher:
         try:
             await self._composer.refresh()
         except Exception as err:
+            secrets = secrets_of(*(v.trigger for v in self._verdicts.values()),
+                                 *(f for v in self._verdicts.values()
+                                   for f in (v.functions or {}).values()))
             self._log.error("applying Trigger resources failed",
-                            error=f"{type(err).__name__}: {err}"[:400])
+                            error=redact(f"{type(err).__name__}: {err}", secrets)[:400])
 
     def _on_leadership(self, leader: bool) -> None:
         if leader:
@@ -300,7 +344,7 @@ class TriggerWatcher:
         verdict, obj = self._verdicts.get(name), self._objects.get(name)
         if verdict is None or obj is None or not self._leadership.is_leader:
             return
-        key = (verdict.generation, verdict.ok, verdict.message)
+        key = verdict.key
         if self._reported.get(name) == key:
             return
         try:
@@ -319,7 +363,7 @@ class TriggerWatcher:
                     if c.get("type") == "Ready"), {})
         condition = {
             "type": "Ready", "status": status,
-            "reason": "Applied" if verdict.ok else "InvalidSpec",
+            "reason": verdict.reason,
             "message": verdict.message, "observedGeneration": verdict.generation,
             "lastTransitionTime": old.get("lastTransitionTime", now)
             if old.get("status") == status else now,
@@ -343,7 +387,7 @@ class TriggerWatcher:
                 "namespace": self._reflector.namespace, "uid": meta.get("uid"),
                 "resourceVersion": meta.get("resourceVersion"),
             },
-            "reason": "Applied" if verdict.ok else "InvalidSpec",
+            "reason": verdict.reason,
             "message": verdict.message,
             "type": "Normal" if verdict.ok else "Warning",
             "source": {"component": "trigger-bridge"},

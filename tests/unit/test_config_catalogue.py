@@ -326,11 +326,11 @@ CATALOGUE: list[Any] = [
     ),
     pytest.param(
         function("url: 'ftp://files/'"), "functions.f.url: ",
-        "expected an http:// or https:// URL, got 'ftp://files/'", id="url-not-http",
+        "expected an http:// or https:// URL", id="url-not-http",
     ),
     pytest.param(
-        function("urls: ['http://a/', 'b:80']"), "functions.f.urls: ",
-        "expected an http:// or https:// URL, got 'b:80'", id="urls-item-not-http",
+        function("urls: ['http://a/', 'b:80']"), "functions.f.urls[1]: ",
+        "expected an http:// or https:// URL", id="urls-item-not-http",
     ),
     pytest.param(
         function("urls: []"), "functions.f.urls: ", "must not be empty", id="urls-empty",
@@ -667,7 +667,7 @@ def test_env_value_is_used_when_set(
     code, lines, _, _ = run_validate(function("url: '${FN_URL:-http://ok/}'"))
     # the variable is set, so its (bad) value wins over the default and is validated
     assert code == 2
-    assert lines == ["functions.f.url: expected an http:// or https:// URL, got 'gopher://x/'"]
+    assert lines == ["functions.f.url: expected an http:// or https:// URL"]
 
 
 def test_thousand_triggers_validate_through_the_cli(run_validate: Validate) -> None:
