@@ -104,7 +104,7 @@ def cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     return subprocess.run(
         [sys.executable, "-m", "bridge", *argv], env={**clean, **env},
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=30, check=False,
     )
 
 
