@@ -410,7 +410,7 @@ def _check_path(value: str) -> str:
 
 
 class KubernetesTarget(Strict):
-    service: Annotated[str, AfterValidator(_check_service)]
+    service: Annotated[str, Field(min_length=1), AfterValidator(_check_service)]
     namespace: Annotated[str, AfterValidator(_check_namespace)] | None = None
     port: Annotated[int | str, AfterValidator(_check_port)] = "http"
     path: Annotated[str, AfterValidator(_check_path)] = "/"
