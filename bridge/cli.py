@@ -145,7 +145,6 @@ async def _serve(config: BridgeConfig, settings: Settings, path: str | None = No
     try:
         await runtime.start()
     except ConfigError as err:  # a trigger whose settings its connector or sink refused
-        await runtime.shutdown()
         raise _UsageError([str(p) for p in err.problems]) from None
     await asyncio.sleep(0)  # let every pump reach its first wait
     tune_gc()

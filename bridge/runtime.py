@@ -137,7 +137,11 @@ class Runtime:
         self._session = Invoker.session()
         self._invoker = Invoker(self._session)
         await self.admin.start()
-        await self._start_all()
+        try:
+            await self._start_all()
+        except ConfigError:
+            await self._release()
+            raise
         for service in self.services:
             await service.start()
         self._starting = False
@@ -240,6 +244,18 @@ class Runtime:
             raise ConfigError(problems)
         for unit in units:
             self._launch(unit)
+
+    async def _release(self) -> None:
+        """Close what a start-up that failed opened (no trigger runs yet): quietly, since
+        the CLI's answer is the problem lines alone."""
+        for resource in [*self._sinks.values(), *self._targets.values(),
+                         *self.context.shared_values()]:
+            await _close_quietly(resource, self.log)
+        self._sinks.clear()
+        self._targets.clear()
+        if self._session is not None:
+            await self._session.close()
+        await self.admin.stop()
 
     async def _build_unit(self, trigger: ResolvedTrigger) -> Unit:
         """The trigger's connector, sink and dispatcher; raises if its settings are refused."""
