@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import yaml
 
-from bridge.config import BridgeConfig, ConfigError, parse_config
+from bridge.config import BridgeConfig, ConfigError, parse_config, validate_tree
 from bridge.kube.triggers import validate_trigger
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
@@ -99,6 +100,94 @@ functions:
 """)
     found = problems(obj("t", {"function": "report", "cron": {"schedule": "@daily"}}), base)
     assert found[0].startswith("spec.dead_letter: no dead-letter sink")
+
+
+# --- the same checks as a file trigger -------------------------------------------------
+
+RABBIT = {"url": "amqp://guest:guest@127.0.0.1:5672/", "queue": "q"}
+KAFKA = {"bootstrap_servers": "127.0.0.1:9092", "topics": ["t"], "group_id": "g"}
+
+#: Trigger entries (without name and function): each must get the same verdict, with the
+#: same problems at the same place, in a config file and as a Trigger resource.
+ENTRIES = {
+    "cron-rabbit-sink-without-url": {
+        "cron": {"schedule": "@daily"}, "dead_letter": {"rabbitmq": {"exchange": "x"}}},
+    "cron-rabbit-sink-reject": {
+        "cron": {"schedule": "@daily"}, "dead_letter": {"rabbitmq": {"reject": True}}},
+    "cron-kafka-sink-without-servers": {
+        "cron": {"schedule": "@daily"}, "dead_letter": {"kafka": {"topic": "dlq"}}},
+    "kafka-sink-security-mismatch": {
+        "kafka": {**KAFKA, "security_protocol": "SASL_PLAINTEXT",
+                  "sasl": {"username": "u", "password": "p"}},
+        "dead_letter": {"kafka": {"topic": "dlq", "security_protocol": "PLAINTEXT"}}},
+    "raw-password-in-url": {
+        "rabbitmq": {**RABBIT, "url": "amqp://bob:Sup3r/Secr@t:pw#1@127.0.0.1/"}},
+    "bad-bootstrap-server": {"kafka": {**KAFKA, "bootstrap_servers": "k:0"}},
+    "two-sources": {"cron": {"schedule": "@daily"}, "rabbitmq": RABBIT},
+    "rabbit-with-own-sink": {"rabbitmq": RABBIT, "dead_letter": {"rabbitmq": {"reject": True}}},
+    "valid-cron": {"cron": {"schedule": "@daily"}},
+}
+
+
+def file_problems(entry: dict[str, Any], base_text: str) -> list[str]:
+    raw = yaml.safe_load(base_text)
+    raw["triggers"] = [{"name": "t", "function": "report", **entry}]
+    try:
+        validate_tree(raw)
+    except ConfigError as err:
+        return [str(p).replace("triggers[0]", "spec", 1) for p in err.problems]
+    return []
+
+
+def resource_problems(entry: dict[str, Any], base: BridgeConfig) -> list[str]:
+    try:
+        validate_trigger(obj("t", {"function": "report", **entry}), base)
+    except ConfigError as err:
+        return [str(p) for p in err.problems]
+    return []
+
+
+BASE_TEXT = """
+defaults:
+  dead_letter: {file: {path: /tmp/dl.jsonl}}
+functions:
+  report: {url: "http://127.0.0.1:9/"}
+"""
+RABBIT_DEFAULT_TEXT = """
+defaults:
+  dead_letter: {rabbitmq: {exchange: dlx}}
+functions:
+  report: {url: "http://127.0.0.1:9/"}
+"""
+
+
+@pytest.mark.parametrize("base_text", [BASE_TEXT, RABBIT_DEFAULT_TEXT], ids=["file", "rabbit"])
+@pytest.mark.parametrize("entry", list(ENTRIES.values()), ids=list(ENTRIES))
+def test_a_trigger_resource_gets_exactly_the_file_verdict(
+    entry: dict[str, Any], base_text: str
+) -> None:
+    expected = file_problems(entry, base_text)
+    assert resource_problems(entry, parse_config(base_text)) == expected
+
+
+def test_cron_trigger_with_a_rabbitmq_sink_needs_its_url() -> None:
+    found = problems(obj("t", {"function": "report", "cron": {"schedule": "@daily"},
+                               "dead_letter": {"rabbitmq": {"exchange": "x"}}}))
+    assert found == ["spec.dead_letter.rabbitmq.url: required: trigger 't' is a cron trigger, "
+                     "so there is no RabbitMQ connection to default to"]
+
+
+def test_an_inherited_sink_the_trigger_cannot_use_is_named() -> None:
+    base = parse_config(RABBIT_DEFAULT_TEXT)
+    found = problems(obj("t", {"function": "report", "cron": {"schedule": "@daily"}}), base)
+    assert found == ["defaults.dead_letter.rabbitmq.url: required: trigger 't' is a cron "
+                     "trigger, so there is no RabbitMQ connection to default to (inherited by "
+                     "trigger 't')"]
+
+
+def test_an_invalid_inline_function_is_reported_once() -> None:
+    found = problems(obj("t", {"function": {"url": "ftp://x/"}, "cron": {"schedule": "@daily"}}))
+    assert found == ["spec.function.url: expected an http:// or https:// URL"]
 
 
 # --- cron on a leadership handover ------------------------------------------------------
