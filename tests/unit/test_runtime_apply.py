@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from bridge.config import BridgeConfig, ConfigError, ResolvedTrigger, parse_config
+from bridge.config import BridgeConfig, ConfigError, ResolvedTrigger, load_config, parse_config
+from bridge.reload import ConfigReloader, wire
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from connectors import base
@@ -38,20 +40,26 @@ def connector_or_explode(trigger: ResolvedTrigger, context: ConnectorContext) ->
     return CronConnector(trigger, context)
 
 
-def config(triggers: dict[str, str]) -> BridgeConfig:
-    lines = "".join(
+TEXT = f"""
+defaults:
+  dead_letter: {{{{file: {{{{path: /tmp/dl.jsonl}}}}}}}}
+functions:
+  fn: {{{{url: "http://127.0.0.1:9/"}}}}
+  secret: {{{{url: "http://bob:{SECRET}@127.0.0.1:9/"}}}}
+triggers:
+{{triggers}}"""
+
+
+def entries(triggers: dict[str, str]) -> str:
+    return "".join(
         f"  - {{name: {name}, function: {'secret' if name.startswith('explode') else 'fn'}, "
         f'cron: {{schedule: "@hourly", data: {data}}}}}\n'
         for name, data in triggers.items()
     )
-    return parse_config(f"""
-defaults:
-  dead_letter: {{file: {{path: /tmp/dl.jsonl}}}}
-functions:
-  fn: {{url: "http://127.0.0.1:9/"}}
-  secret: {{url: "http://bob:{SECRET}@127.0.0.1:9/"}}
-triggers:
-{lines}""")
+
+
+def config(triggers: dict[str, str]) -> BridgeConfig:
+    return parse_config(TEXT.format(triggers=entries(triggers)))
 
 
 @pytest.fixture
@@ -144,3 +152,32 @@ triggers:
         "10: '***'"
     ]
     assert SECRET[:4] not in done.stderr
+
+
+async def test_a_reloaded_file_applies_every_trigger_it_can(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """The config file reloaded with a trigger that cannot be built: logged, the rest
+    applied (a changed trigger restarts, a new one starts)."""
+    path = tmp_path / "bridge.yaml"
+    path.write_text(TEXT.format(triggers=entries({"a": "1", "b": "1"})))
+    runtime.config = load_config(path)
+    composer = wire(runtime, str(path))
+    reloader = next(s for s in runtime.services if isinstance(s, ConfigReloader))
+    await runtime.start()
+    try:
+        path.write_text(TEXT.format(
+            triggers=entries({"a": "1", "b": "2", "explode-1": "1", "c": "1"})))
+        with capture_logs() as logs:
+            assert await reloader.reload()
+        [reloaded] = [e for e in logs if e["event"] == "config reloaded"]
+        assert reloaded["failed"] == ["explode-1"]
+        assert reloaded["changed"] == ["b"]
+        [error] = [e for e in logs if e["event"].startswith("trigger cannot be started")]
+        assert error["log_level"] == "error"
+        assert error["trigger"] == "explode-1"
+        assert SECRET[:4] not in str(logs)
+        assert sorted(running(runtime)) == ["a", "b", "c"]
+        assert [t.name for t in composer.file.triggers] == ["a", "b", "explode-1", "c"]
+    finally:
+        await runtime.shutdown()
