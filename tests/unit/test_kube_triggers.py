@@ -114,6 +114,10 @@ ENTRIES = {
         "cron": {"schedule": "@daily"}, "dead_letter": {"rabbitmq": {"exchange": "x"}}},
     "cron-rabbit-sink-reject": {
         "cron": {"schedule": "@daily"}, "dead_letter": {"rabbitmq": {"reject": True}}},
+    "cron-fallback-rabbit-without-url": {
+        "cron": {"schedule": "@daily"},
+        "dead_letter": {"file": {"path": "/tmp/dl.jsonl"},
+                        "fallback": {"rabbitmq": {"exchange": "x"}}}},
     "cron-kafka-sink-without-servers": {
         "cron": {"schedule": "@daily"}, "dead_letter": {"kafka": {"topic": "dlq"}}},
     "kafka-sink-security-mismatch": {
