@@ -18,6 +18,7 @@ from bridge.kube.client import (
     EVENTS,
     TRIGGERS,
     KubeClient,
+    KubeConfigError,
     KubeError,
     classify,
     log_api_error,
@@ -104,6 +105,42 @@ current-context: x
     configuration = k8s.Configuration()
     assert await kube._load(configuration) == "team-a"
     assert configuration.host == "http://127.0.0.1:1"
+
+
+KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "{server}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+"""
+
+
+async def test_an_api_server_url_with_a_raw_password_is_refused_unquoted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG.format(server="https://bob:Sup3r/Secr@t:pw#1@h:6443"))
+    kube = KubeClient(Settings(kubeconfig=str(path)), get_logger())
+    with pytest.raises(KubeConfigError) as caught:
+        await kube.connect()
+    message = str(caught.value)
+    assert message.startswith("the API server URL of the kubeconfig has an '@' after the host")
+    assert "Sup3r" not in message
+    assert "Secr" not in message
+
+
+async def test_the_api_server_is_logged_without_its_password(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG.format(server="http://bob:s3cretpw@127.0.0.1:1"))
+    kube = KubeClient(Settings(kubeconfig=str(path)), get_logger())
+    with structlog.testing.capture_logs() as logs:
+        await kube.connect()
+    await kube.close()
+    [configured] = [e for e in logs if e["event"] == "kubernetes api configured"]
+    assert configured["host"] == "http://bob:***@127.0.0.1:1"
+    assert "s3cretpw" not in str(logs)
 
 
 def piece(ports: list[dict[str, object]], endpoints: list[dict[str, object]]) -> dict[str, object]:
