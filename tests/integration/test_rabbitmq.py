@@ -185,11 +185,15 @@ async def test_rabbitmq_sink_serves_a_cron_trigger_and_holds_unroutable_dead_let
         dead_letter = {"rabbitmq": {"exchange": dlx, "url": "amqp://guest:guest@127.0.0.1:5672/"}}
         cron = {"name": "tick", "cron": {"schedule": "* * * * * *", "data": {"n": 1}}}
         config = bridge_yaml(fn.url, [cron], dead_letter)
-        async with BridgeProcess(config, tmp_path, wait_ready=True) as bridge:
-            # No queue is bound yet: the broker returns the dead letter, the write fails
-            # and is retried; the tick stays unsettled instead of being lost.
+        # Not wait_ready: a blocked dead letter makes /readyz 503, maybe before it is asked.
+        async with BridgeProcess(config, tmp_path) as bridge:
+            # No queue is bound yet: the broker returns the dead letter (NO_ROUTE), a
+            # refusal: the tick stays unsettled and blocked (shown, retried), not lost.
             await eventually(lambda: bridge.metric("bridge_dead_letter_write_failures_total") > 0,
                              what="a failed (unroutable) dead-letter write")
+            await eventually(lambda: bridge.metric("bridge_dead_letter_blocked") > 0,
+                             what="the tick shown as blocked")
+            assert bridge.get_status("/readyz") == 503
             await broker.queue(name=dlq)
             await broker.bind(dlq, dlx)
             [first, *_] = await broker.take(dlq, 1, timeout=20)
