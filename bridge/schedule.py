@@ -411,6 +411,30 @@ class Schedule:
             raise ValueError("next_after needs a timezone-aware datetime")
         return self._matcher.next_after(after, self._zone)
 
+    def last_at_or_before(self, moment: datetime, after: datetime) -> datetime | None:
+        """The latest fire time in ``(after, moment]``, or None if there is none.
+
+        Bounded work whatever the span: ``next_after`` is monotonic, and every fire time
+        is a whole second, so an exponential search back from ``moment`` followed by a
+        bisection to one second needs ``O(log(moment - after))`` calls -- about 40 for a
+        per-second schedule three days back, never one call per tick.
+        """
+        if after >= moment or self.next_after(after) > moment:
+            return None
+        good, bad, step = after, moment, _SECOND  # next_after(good) <= moment < next_after(bad)
+        while (probe := moment - step) > good:
+            if self.next_after(probe) <= moment:
+                good = probe
+                break
+            bad, step = probe, step * 2
+        while bad - good > _SECOND:  # (good, bad] holds at most one whole second: the answer
+            middle = good + (bad - good) / 2
+            if self.next_after(middle) <= moment:
+                good = middle
+            else:
+                bad = middle
+        return self.next_after(good)
+
     def iter_after(self, after: datetime) -> Iterator[datetime]:
         """Successive fire times strictly after ``after``."""
         while True:

@@ -644,3 +644,88 @@ def test_invalid_time_zones(time_zone: str, message: str) -> None:
 
 def test_schedule_error_is_a_value_error() -> None:
     assert issubclass(ScheduleError, ValueError)
+
+
+# --------------------------------------------------------------------------- latest fire time
+
+
+_TOO_MANY = datetime.max.replace(tzinfo=UTC)
+
+
+def _latest_by_iteration(schedule: Schedule, moment: datetime, after: datetime) -> datetime | None:
+    """The oracle: walk forward tick by tick (``_TOO_MANY`` past 500 ticks, to stay fast)."""
+    latest = None
+    for tick in islice(schedule.iter_after(after), 500):
+        if tick > moment:
+            return latest
+        latest = tick
+    return _TOO_MANY
+
+
+LATEST_CASES = [
+    ("* * * * * *", "UTC"),
+    ("*/7 * * * * *", "UTC"),
+    ("30 1,2 * * *", NEW_YORK),  # the DST days of the oracle windows
+    ("*/7 1-3 * * *", BERLIN),
+    ("0 9 * * MON-FRI", NEW_YORK),
+    ("@every 90s", BERLIN),
+    ("0 0 13 * FRI", "UTC"),
+]
+
+
+@pytest.mark.parametrize(("time_zone", "window_start"), ORACLE_WINDOWS)
+@pytest.mark.parametrize(("expression", "schedule_zone"), LATEST_CASES)
+def test_last_at_or_before_matches_forward_iteration(
+    expression: str, schedule_zone: str, time_zone: str, window_start: datetime
+) -> None:
+    schedule = parse_schedule(expression, schedule_zone)
+    for minutes in range(0, 10 * 60, 37):
+        moment = window_start + timedelta(minutes=minutes, seconds=13, microseconds=250)
+        for back in (timedelta(seconds=1), timedelta(minutes=5), timedelta(hours=3),
+                     timedelta(days=9)):
+            after = moment - back
+            expected = _latest_by_iteration(schedule, moment, after)
+            if expected is _TOO_MANY:
+                continue
+            assert schedule.last_at_or_before(moment, after) == expected, (moment, back)
+
+
+def test_last_at_or_before_includes_the_moment_and_excludes_after() -> None:
+    schedule = parse_schedule("*/10 * * * * *")
+    tick = datetime(2026, 5, 17, 12, 0, 30, tzinfo=UTC)
+    assert schedule.last_at_or_before(tick, tick - timedelta(seconds=10)) == tick
+    assert schedule.last_at_or_before(tick, tick) is None
+    assert schedule.last_at_or_before(tick - timedelta(microseconds=1),
+                                      tick - timedelta(seconds=10)) is None
+    later = tick + timedelta(seconds=9.9)
+    assert schedule.last_at_or_before(later, tick - timedelta(seconds=1)) == tick
+
+
+def test_last_at_or_before_finds_sparse_ticks_far_back() -> None:
+    leap_day = parse_schedule("0 0 29 2 *")
+    moment = datetime(2031, 6, 1, tzinfo=UTC)
+    assert leap_day.last_at_or_before(moment, datetime(2020, 1, 1, tzinfo=UTC)) == datetime(
+        2028, 2, 29, tzinfo=UTC
+    )
+    assert leap_day.last_at_or_before(moment, datetime(2028, 3, 1, tzinfo=UTC)) is None
+
+
+class _CountingSchedule(Schedule):
+    calls = 0
+
+    def next_after(self, after: datetime) -> datetime:
+        type(self).calls += 1
+        return super().next_after(after)
+
+
+@pytest.mark.parametrize("expression", ["* * * * * *", "0 2 * * *", "@every 7s", "0 0 29 2 *"])
+def test_last_at_or_before_work_grows_with_the_log_of_the_span(expression: str) -> None:
+    schedule = _CountingSchedule(expression)
+    moment = datetime(2031, 6, 1, 12, 34, 56, 789, tzinfo=UTC)
+    counts = []
+    for span in (timedelta(hours=1), timedelta(days=3), timedelta(days=3000)):
+        _CountingSchedule.calls = 0
+        schedule.last_at_or_before(moment, moment - span)
+        counts.append(_CountingSchedule.calls)
+    # at most ~2 x log2(span in seconds) + 2 calls: 3,000 days are 2.6e8 seconds
+    assert max(counts) <= 2 * 28 + 2, counts
