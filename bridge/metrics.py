@@ -14,7 +14,7 @@ Connector metrics with few series stay ordinary prometheus_client collectors.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -73,7 +73,8 @@ class TriggerStats:
     dead_letter_fallbacks: int = 0
     dead_letter_blocked: int = 0
     internal_errors: int = 0
-    ready: bool = False
+    #: Asked at scrape time for ``bridge_connector_ready`` (None: no running connector).
+    readiness: Callable[[], bool] | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     settled: dict[str, int] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
@@ -204,7 +205,7 @@ class _TriggerCollector:
         for s in stats:
             in_flight.add_metric([s.trigger, s.function], s.in_flight)
             unsettled.add_metric([s.trigger], s.unsettled)
-            ready.add_metric([s.trigger], 1 if s.ready else 0)
+            ready.add_metric([s.trigger], 1 if s.readiness is not None and s.readiness() else 0)
             blocked.add_metric([s.trigger], s.dead_letter_blocked)
         yield from (in_flight, unsettled, ready, blocked)
 
@@ -288,6 +289,17 @@ class Metrics:
         self.kafka_assigned_partitions = Gauge(
             "bridge_kafka_assigned_partitions", "Partitions assigned to this consumer.",
             ["trigger"], registry=r,
+        )
+
+        self.lease_failures = Counter(
+            "bridge_lease_failures",
+            "Failed rounds of the cron Lease loop by kind (api, timeout, malformed, internal; "
+            "renew_deadline: stepped down unrenewed). The loop goes on.",
+            ["lease", "kind"], registry=r,
+        )
+        self.cron_leader = Gauge(
+            "bridge_cron_leader", "1 while this replica leads cron (holds the Lease, fires).",
+            ["lease"], registry=r,
         )
 
     def trigger(self, name: str, function: str = "") -> TriggerStats:

@@ -2,10 +2,13 @@
 
 Shape (after kopf's reactor): a handful of named root tasks -- one *pump* per trigger
 (connector -> dispatcher) and the admin server -- under one :class:`Runtime`. A signal
-sets the stop event; then intake stops (pumps are cancelled), in-flight work drains
-within ``BRIDGE_DRAIN_TIMEOUT``, connectors settle and close (commit, ack), and the
-process exits 0. A pump whose connector fails to start or breaks is restarted with
-backoff and logs why; its trigger reads not-ready meanwhile. Nothing runs unsupervised.
+sets the stop event; then cron stops firing (a Lease stays held), intake stops (pumps
+are cancelled), in-flight work drains within ``BRIDGE_DRAIN_TIMEOUT``, connectors settle
+and close (commit, ack), the Lease is released (so the next leader cannot overlap a run
+of ours), sinks and clients close, and the process exits 0. The whole stop fits in
+``BRIDGE_DRAIN_TIMEOUT`` + 5 s: every step after the drain is cut off at that budget.
+A pump whose connector fails to start or breaks is restarted with backoff and logs
+why; its trigger reads not-ready meanwhile. Nothing runs unsupervised.
 
 Triggers are units keyed by name, so a config reload or a Trigger resource change can
 add, replace or remove one without touching the others (:meth:`Runtime.apply`). A
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,6 +57,16 @@ from connectors.base import Connector, ConnectorContext, connector_factory, sink
 
 _RESTART = RetryPolicy(max_attempts=1, initial_backoff=1.0, max_backoff=30.0)
 _STOP_TIMEOUT = 15.0
+#: The whole stop takes at most BRIDGE_DRAIN_TIMEOUT + this (deploy/'s grace period is
+#: set from it). Half a second of the documented 5 s is left for the interpreter's exit.
+STOP_GRACE = 5.0
+_STOP_BUDGET = STOP_GRACE - 0.5
+#: Kept for the steps after the drain (connectors, Lease, sinks) if the steps before it
+#: were slow: the drain is shortened rather than those skipped.
+_AFTER_DRAIN = 2.0
+#: Left by a hanging connector stop for the Lease release, and by a hanging release for
+#: closing sinks, clients and the admin server.
+_CLOSE_RESERVE = 0.5
 #: How long start-up waits for a dead-letter sink to connect. A sink that is not
 #: reachable by then connects on its first write (the Sink contract), so a hanging
 #: broker (packets dropped: no refusal, only the client's 30 s request timeout) cannot
@@ -121,8 +134,9 @@ class Runtime:
         self._targets: dict[str, Target] = {}
         self._sinks: dict[str, Sink] = {}
         self._functions: dict[str, FunctionConfig] = {}
-        #: Started after the triggers, stopped before them: config reload, Lease, Trigger
-        #: resources (see bridge.reload.wire). Each has start() and stop().
+        #: Started after the triggers, stopped before them: config reload, Trigger
+        #: resources (see bridge.reload.wire). Each has start() and stop(). The
+        #: leadership (a Lease) is not one of them: it is released last.
         self.services: list[Service] = []
         #: Extra readiness checks by name (e.g. a Kubernetes watch refused by RBAC).
         self.probes: dict[str, Callable[[], bool]] = {}
@@ -142,6 +156,7 @@ class Runtime:
         except ConfigError:
             await self._release()
             raise
+        await self.context.leadership.start()
         for service in self.services:
             await service.start()
         self._starting = False
@@ -151,32 +166,56 @@ class Runtime:
 
     async def shutdown(self) -> None:
         started = time.monotonic()
+        deadline = started + self.settings.drain_timeout + _STOP_BUDGET
         units = list(self.units.values())
         self.log.info("draining", triggers=len(units), timeout=self.settings.drain_timeout)
+        leadership = self.context.leadership
+        leadership.stop_leading()  # no tick fires from now on; a Lease stays held
         for service in reversed(self.services):
-            await _close_quietly(service, self.log, method="stop")
-        await self._stop_intake(units)
-        drained = await asyncio.gather(
-            *(u.dispatcher.drain(self.settings.drain_timeout) for u in units)
-        )
-        await asyncio.gather(*(self._stop_connector(u) for u in units))
+            await self._stop_step(f"stop {type(service).__name__}", deadline, service.stop)
+        await self._stop_step("stop intake", deadline, lambda: self._stop_intake(units))
+        drain_for = max(0.0, min(self.settings.drain_timeout,
+                                 deadline - _AFTER_DRAIN - time.monotonic()))
+        drained = await asyncio.gather(*(u.dispatcher.drain(drain_for) for u in units))
+        await asyncio.gather(*(
+            self._stop_step("stop connector", deadline - 2 * _CLOSE_RESERVE, u.connector.stop,
+                            trigger=u.trigger.name)
+            for u in units
+        ))
         self.units.clear()
-        for resource in [*self._sinks.values(), *self._targets.values(),
-                         *self.context.shared_values()]:
-            await _close_quietly(resource, self.log)
+        # Released only now: a run of ours (Forbid) never overlaps the next leader's.
+        await self._stop_step("release the Lease", deadline - _CLOSE_RESERVE, leadership.stop)
+        resources = [*self._sinks.values(), *self._targets.values(),
+                     *self.context.shared_values()]
+        await asyncio.gather(*(
+            self._stop_step(f"close {type(r).__name__}", deadline, r.close)
+            for r in resources if callable(getattr(r, "close", None))
+        ))
         self._sinks.clear()
         self._targets.clear()
         if self._session is not None:
-            await self._session.close()
-        await self.admin.stop()
+            await self._stop_step("close the HTTP session", deadline, self._session.close)
+        await self._stop_step("stop the admin server", deadline, self.admin.stop)
         self.log.info(
             "stopped", drained=all(drained), seconds=round(time.monotonic() - started, 3)
         )
 
+    async def _stop_step(
+        self, what: str, deadline: float, step: Callable[[], Awaitable[object]], **context: str
+    ) -> None:
+        """One step of the stop, cut off at the stop budget; a failure is logged, not raised."""
+        timeout = max(0.0, min(_STOP_TIMEOUT, deadline - time.monotonic()))
+        try:
+            async with asyncio.timeout(timeout):
+                await step()
+        except TimeoutError:
+            self.log.warning("stop step cut off at the stop budget", step=what,
+                             timeout=round(timeout, 3), **context)
+        except Exception as err:
+            self.log.warning("stop step failed", step=what, error=_describe(err), **context)
+
     def readiness(self) -> Mapping[str, bool]:
         ready = {name: unit.connector.ready for name, unit in self.units.items()}
-        for name, value in ready.items():
-            self.metrics.trigger(name).ready = value
         ready.update(dict.fromkeys(self.failures, False))
         if self._starting:
             ready["startup"] = False
@@ -281,8 +320,13 @@ class Runtime:
         return Unit(trigger, connector, dispatcher, sinks=sinks)
 
     def _launch(self, unit: Unit) -> None:
-        unit.pump = asyncio.create_task(self._pump(unit), name=f"pump:{unit.trigger.name}")
-        self.units[unit.trigger.name] = unit
+        connector, trigger = unit.connector, unit.trigger
+        # Read at every scrape: bridge_connector_ready needs no /readyz call first.
+        self.metrics.trigger(trigger.name, trigger.function_name).readiness = (
+            lambda: connector.ready
+        )
+        unit.pump = asyncio.create_task(self._pump(unit), name=f"pump:{trigger.name}")
+        self.units[trigger.name] = unit
 
     async def stop_unit(self, name: str) -> None:
         unit = self.units.pop(name, None)
@@ -291,6 +335,7 @@ class Runtime:
         await self._stop_intake([unit])
         await unit.dispatcher.drain(self.settings.drain_timeout)
         await self._stop_connector(unit)
+        self.metrics.trigger(name).readiness = None
         self.log.info("trigger stopped", trigger=name)
 
     async def _pump(self, unit: Unit) -> None:

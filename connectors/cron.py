@@ -23,16 +23,25 @@ CronJob semantics implemented by the connector:
   latest runs; the others are skipped and counted (``missed_deadline`` past the
   deadline, ``superseded`` within it), never dropped silently.
 - ``suspend``: no ticks run.
-- ticks run only on the leader (see :mod:`bridge.leadership`); a new leader fires the
-  ticks after the previous leader's last Lease renewal that are still within the
-  starting deadline, so a handover loses none (ids are stable for de-duplication).
+- ticks run only on the leader (see :mod:`bridge.leadership`). A new leader fires the
+  ticks the previous one may have missed *in the handover*: those after its last Lease
+  renewal and inside the handover window (lease duration + renew deadline + retry
+  period) before now, and inside the starting deadline, so a handover loses none (ids
+  are stable for de-duplication). Anything older follows the restart rule above: a
+  Lease left behind days ago brings no backlog.
+- the last fired tick of a trigger outlives its connector (kept in the process's
+  :class:`CronClock` by trigger name), so a config reload or Trigger change that
+  restarts the trigger does not fire the latest tick again.
+
+Every computation over past ticks is bounded whatever the outage was:
+:meth:`~bridge.schedule.Schedule.last_at_or_before` finds the latest tick in
+``O(log span)`` steps, and the only loop over ticks is inside the handover window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,10 +58,6 @@ from bridge.schedule import Schedule, parse_schedule
 from connectors.base import ConnectorContext
 
 EVENT_TYPE = "dev.triggerbridge.cron.tick"
-#: Bound on the catch-up search for the latest tick inside the starting deadline.
-_CATCH_UP_STEPS = 100_000
-#: Bound on the ticks a new leader fires for the time before it took over.
-_HANDOVER_TICKS = 1000
 
 TickHandler = Callable[[list[datetime]], None]
 
@@ -98,6 +103,9 @@ class CronClock:
     def __init__(self) -> None:
         self._handlers: dict[str, TickHandler] = {}
         self._scheduler: AsyncIOScheduler | None = None
+        #: The scheduled time of the last tick fired, by trigger name: kept when a
+        #: trigger's connector is replaced (reload), so its latest tick is not re-run.
+        self.last_fired: dict[str, datetime] = {}
 
     def _running(self) -> AsyncIOScheduler:
         if self._scheduler is None:
@@ -149,7 +157,7 @@ class CronConnector:
         self._clock = context.shared(CronClock, CronClock)
         self._mailbox = _Mailbox()
         self._active: set[Event] = set()
-        self._last_fired: datetime | None = None
+        self._last_fired: datetime | None = self._clock.last_fired.get(self._name)
         self._started = False
         self._stats = context.metrics.trigger(self._name, trigger.function_name)
         self._bound_log: Logger | None = None
@@ -192,14 +200,8 @@ class CronConnector:
         """The latest tick in (now - starting_deadline, now], if any and not yet fired."""
         if self._deadline is None:
             return None
-        latest = None
-        tick = self._schedule.next_after(now - self._deadline)
-        for _ in range(_CATCH_UP_STEPS):
-            if tick > now:
-                break
-            latest = tick
-            tick = self._schedule.next_after(tick)
-        if latest is not None and latest == self._last_fired:
+        latest = self._schedule.last_at_or_before(now, now - self._deadline)
+        if latest is not None and self._last_fired is not None and latest <= self._last_fired:
             return None
         return latest
 
@@ -210,31 +212,43 @@ class CronConnector:
 
     def _on_leadership(self, leader: bool) -> None:
         if leader and self._started and not self._source.suspend:
-            self._on_ticks(self._handover_ticks(datetime.now(UTC)))
+            ticks = self._handover_ticks(datetime.now(UTC))
+            if ticks:
+                self._log.info("cron leadership gained: firing missed ticks", count=len(ticks),
+                               first=format_time(ticks[0]), last=format_time(ticks[-1]))
+            self._on_ticks(ticks)
 
     def _handover_ticks(self, now: datetime) -> list[datetime]:
         """Ticks to fire on gaining leadership.
 
-        When the leadership says from when the previous leader may have stopped firing
-        (``handover_since``: its last Lease renewal), every tick after it (and after our
-        own last fired one) that is still within the starting deadline fires, so a
-        handover loses no tick; without a deadline, those since the handover. Without
-        that information (a new Lease), the CronJob rule as at start: the latest tick
-        inside the deadline.
+        The previous leader may have stopped firing at its last Lease renewal
+        (``handover_since``) and can have done so unnoticed only within the handover
+        window before now. Every tick after both (and after our own last fired one,
+        and inside the starting deadline) fires, so a handover loses no tick. Older
+        ones follow the CronJob restart rule: the latest tick inside the starting
+        deadline (none without one), also when nothing is known (a new Lease). The work
+        is bounded by the window, never by how long ago the Lease was renewed.
         """
-        since = getattr(self._context.leadership, "handover_since", None)
-        if not isinstance(since, datetime):
-            tick = self._catch_up(now)
-            return [] if tick is None else [tick]
-        floors = [since] + [t for t in (self._last_fired,) if t is not None]
+        leadership = self._context.leadership
+        since = leadership.handover_since
+        floors = [now - leadership.handover_window]
+        if since is None:
+            floors.append(now)  # no handover to cover: only the restart rule
+        else:
+            floors.append(since)
+        if self._last_fired is not None:
+            floors.append(self._last_fired)
         if self._deadline is not None:
             floors.append(now - self._deadline)
-        ticks: deque[datetime] = deque(maxlen=_HANDOVER_TICKS)
+        ticks = []
         tick = self._schedule.next_after(max(floors))
         while tick <= now:
             ticks.append(tick)
             tick = self._schedule.next_after(tick)
-        return list(ticks)
+        latest = self._catch_up(now)
+        if not ticks and latest is not None and (since is None or latest > since):
+            ticks.append(latest)
+        return ticks
 
     def _on_ticks(self, run_times: list[datetime]) -> None:
         for scheduled in run_times:
@@ -267,8 +281,10 @@ class CronConnector:
 
     def _fire(self, scheduled: datetime) -> None:
         now = datetime.now(UTC)
-        if not self._context.leadership.is_leader:
+        leadership = self._context.leadership
+        if not leadership.is_leader:
             self._stats.skip("not_leader")
+            leadership.note_unfired(scheduled)
             return
         if self._last_fired is not None and scheduled <= self._last_fired:
             return  # already fired (a catch-up ran it before the clock's own tick)
@@ -282,7 +298,7 @@ class CronConnector:
             self._replace_running()
         event = self._event(scheduled)
         self._active.add(event)
-        self._last_fired = scheduled
+        self._last_fired = self._clock.last_fired[self._name] = scheduled
         self._stats.fire_lag(max(0.0, (now - scheduled).total_seconds()))
         self._mailbox.put(event)
 

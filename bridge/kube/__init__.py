@@ -28,7 +28,9 @@ def attach(runtime: Runtime, composer: Composer) -> None:
 
     ``BRIDGE_LEADER_ELECTION``: a Lease decides which replica fires cron ticks.
     ``BRIDGE_WATCH_TRIGGERS``: Trigger resources join the composed config.
-    Both are runtime services (started after the triggers, stopped first) and add a
+    The Lease is the runtime's leadership (started after the triggers; on a stop it
+    stops firing first and is released last, after the triggers drained); the Trigger
+    watch is a runtime service (started after the triggers, stopped first). Both add a
     readiness probe (false while the API refuses the service account).
     """
     from bridge.kube.client import KubeClient
@@ -43,10 +45,9 @@ def attach(runtime: Runtime, composer: Composer) -> None:
             client, settings.lease_name, identity, runtime.log,
             lease_duration=settings.lease_duration,
             renew_deadline=settings.lease_renew_deadline,
-            retry_period=settings.lease_retry_period,
+            retry_period=settings.lease_retry_period, metrics=runtime.metrics,
         )
-        runtime.context.leadership = lease
-        runtime.services.append(lease)
+        runtime.context.leadership = lease  # started after the triggers, released last
         runtime.probes["lease"] = lambda: lease.ready
     if settings.watch_triggers:
         watcher = TriggerWatcher(client, composer, runtime, runtime.log, identity=identity)

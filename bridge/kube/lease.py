@@ -8,17 +8,35 @@ Every replica runs :class:`LeaseLeadership`; at most one holds the Lease at a ti
   matter -- it waits. Otherwise it writes itself in as ``holderIdentity`` (new
   ``acquireTime``, ``leaseTransitions`` + 1), sending the resourceVersion it read: a
   409 Conflict means another replica won the race, and it stays a follower.
-- the leader renews ``renewTime`` every ``retry_period``; if no renewal succeeds for
-  ``renew_deadline`` it steps down, before any other replica can consider the lease
-  expired (``renew_deadline`` < ``lease_duration``), so two leaders never overlap.
-- on a graceful stop the leader releases the Lease (empty holder, 1 s duration), so a
-  rolling update hands cron over at once instead of after the lease duration.
+- the leader renews ``renewTime`` every ``retry_period``. A renewal counts from the
+  moment its write was *sent* (the API may apply it long before its answer comes back,
+  and the other replicas time the record from when they see it change, which is later).
+- it stops leading ``renew_deadline`` after its last successful renewal, on its own
+  monotonic clock, whatever its call is doing: a timer fires at that moment and
+  :attr:`is_leader` checks the clock itself, and every round is cut off by a timeout
+  ending before the deadline, so a hanging API cannot keep a stale leader firing.
+  ``renew_deadline`` < ``lease_duration``, so it has stopped before any other replica
+  may consider the Lease expired: two leaders never overlap.
+- any failure of a round (API error, timeout, a malformed Lease, bad JSON, a bug) is
+  logged with its cause and counted (``bridge_lease_failures_total{kind}``); the loop
+  goes on, as a follower when the failure was not an ordinary API error. It never dies
+  while its replica leads.
+- a graceful stop is two steps (see :mod:`bridge.leadership`): :meth:`stop_leading`
+  when intake stops (no tick fires any more, the Lease stays held and renewed so no
+  other replica starts a run while ours drain), then :meth:`stop` once the triggers
+  have drained, which releases the Lease (empty holder, 1 s duration) so the next
+  replica takes over at once. The released record's ``renewTime`` is the moment this
+  replica stopped firing (earlier if a tick due before it was not fired), so the next
+  leader fires the ticks after it.
 
 ``handover_since`` tells the cron connector from when it is responsible: the previous
 holder's last ``renewTime`` (it may have fired ticks up to then, not after it stopped
-renewing). The connector fires the ticks after it that are still within their starting
-deadline; the scheduled-time event id lets functions drop a duplicate of a tick the old
-leader fired between its last renewal and its death.
+renewing). ``handover_window`` bounds how far back that can matter: a holder that
+stopped renewing has stopped firing within ``renew_deadline``, and another replica
+takes over within ``lease_duration`` + ``retry_period`` of its last renewal. A Lease
+left behind long ago (every replica down over a weekend) therefore brings no backlog.
+The scheduled-time event id lets functions drop a duplicate of a tick the old leader
+fired between its last renewal and its death.
 """
 
 from __future__ import annotations
@@ -27,11 +45,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge.kube.client import LEASES, KubeClient, KubeError, log_api_error
 from bridge.logs import Logger
+from bridge.metrics import Metrics
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class MalformedLease(ValueError):
+    """The Lease object does not have the shape of a coordination.k8s.io/v1 Lease."""
 
 
 def micro_time(moment: datetime) -> str:
@@ -48,6 +73,28 @@ def parse_time(text: object) -> datetime | None:
         return None
 
 
+def lease_spec(lease: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the Lease's spec, its fields checked; :class:`MalformedLease` if not."""
+    spec = lease.get("spec")
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise MalformedLease(f"spec is a {type(spec).__name__}, not an object")
+    holder = spec.get("holderIdentity")
+    if holder is not None and not isinstance(holder, str):
+        raise MalformedLease(f"spec.holderIdentity is a {type(holder).__name__}")
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0
+    ):
+        raise MalformedLease(f"spec.leaseDurationSeconds is {duration!r}")
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (isinstance(transitions, bool)
+                                    or not isinstance(transitions, int)):
+        raise MalformedLease(f"spec.leaseTransitions is {transitions!r}")
+    return dict(spec)
+
+
 class LeaseLeadership:
     """The :class:`~bridge.leadership.Leadership` of one replica, backed by a Lease."""
 
@@ -62,6 +109,7 @@ class LeaseLeadership:
         lease_duration: float = 15.0,
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("lease timings need retry_period < renew_deadline < lease_duration")
@@ -73,21 +121,41 @@ class LeaseLeadership:
         self._renew_deadline = renew_deadline
         self._retry = retry_period
         self._log = log.bind(lease=name, identity=identity)
-        self._leader = False
+        self._metrics = metrics
+        #: Our last write of the Lease succeeded less than renew_deadline ago.
+        self._held = False
+        #: We fire ticks: held, not stepped down after a failure, not stopping.
+        self._leading = False
+        self._stopping = False
+        #: Monotonic time the last successful write of the Lease was sent.
         self._renewed_at = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self._callbacks: list[Callable[[bool], None]] = []
         self._became_leader = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: The previous holder's last renewTime when we took over (None: a new Lease).
-        self.handover_since: datetime | None = None
+        self._handover_since: datetime | None = None
+        #: When this replica stopped firing (stop_leading): the released renewTime.
+        self._fired_until: datetime | None = None
         #: False while the API refuses us (403): feeds readiness.
         self.ready = True
+        self._set_gauge()
+
+    # --- the Leadership contract --------------------------------------------------------
 
     @property
     def is_leader(self) -> bool:
-        return self._leader
+        return self._leading and time.monotonic() < self._renewed_at + self._renew_deadline
+
+    @property
+    def handover_since(self) -> datetime | None:
+        """The previous holder's last renewTime when we took over (None: a new Lease)."""
+        return self._handover_since
+
+    @property
+    def handover_window(self) -> timedelta:
+        return timedelta(seconds=self._duration + self._renew_deadline + self._retry)
 
     def on_change(self, callback: Callable[[bool], None]) -> None:
         self._callbacks.append(callback)
@@ -104,55 +172,139 @@ class LeaseLeadership:
             await self._client.connect()
             self._task = asyncio.create_task(self._run(), name=f"lease:{self.name}")
 
+    def stop_leading(self) -> None:
+        """Fire no tick from now on, but keep holding (and renewing) the Lease: the
+        triggers drain before :meth:`stop` releases it."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._fired_until = datetime.now(UTC)
+        if self._leading:
+            self._set_leading(False, "stopping: the Lease is kept until the triggers drained")
+
+    def note_unfired(self, scheduled: datetime) -> None:
+        """A tick due at ``scheduled`` was not fired because we did not lead. While
+        stopping, a tick due before :meth:`stop_leading` (the clock was a little late)
+        moves the released renewTime back before it, so the next leader fires it."""
+        if self._fired_until is not None and scheduled <= self._fired_until:
+            self._fired_until = scheduled - _MICROSECOND
+
     async def stop(self) -> None:
+        """Stop the loop and release the Lease if we hold it (bounded: renew deadline)."""
+        self.stop_leading()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._leader:
-            self._set_leader(False)
-            await self._release()
+        self._disarm()
+        if self._held:
+            self._held = False
+            try:
+                async with asyncio.timeout(self._renew_deadline):
+                    await self._release()
+            except Exception as err:
+                self._failed(err, "release")
+        self._set_gauge()
 
     # --- the loop ---------------------------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
         while True:
+            started = time.monotonic()
             try:
-                held = await self._try_acquire_or_renew()
-                failures = 0
+                async with asyncio.timeout(self._round_budget(started)):
+                    sent = await self._try_acquire_or_renew()
                 self.ready = True
-            except KubeError as err:
-                held = False
-                failures += 1
-                self.ready = err.kind != "forbidden"
-                log_api_error(self._log, err, f"lease {self.name}", self._retry)
-            now = time.monotonic()
-            if held:
-                self._renewed_at = now
-                if not self._leader:
-                    self._set_leader(True)
-            elif self._leader and now - self._renewed_at >= self._renew_deadline:
-                self._log.warning("lease not renewed within the renew deadline; stepping down",
-                                  renew_deadline=self._renew_deadline)
-                self._set_leader(False)
+                if sent is not None:
+                    self._renewed(sent)
+            except Exception as err:
+                self._failed(err, "renew" if self._held else "acquire")
             await asyncio.sleep(self._retry)
 
-    async def _try_acquire_or_renew(self) -> bool:
+    def _round_budget(self, started: float) -> float:
+        """Seconds a round may take: it ends before the renew deadline of the last
+        renewal (half a retry period early, so a slow success does not flap)."""
+        margin = self._renew_deadline - self._retry / 2
+        if self._held and self._renewed_at + margin > started:
+            return self._renewed_at + margin - started
+        return margin
+
+    def _renewed(self, sent: float) -> None:
+        self._renewed_at = sent
+        self._held = True
+        self._disarm()
+        self._watchdog = asyncio.get_running_loop().call_later(
+            max(0.0, sent + self._renew_deadline - time.monotonic()), self._deadline_passed
+        )
+        if not self._leading and not self._stopping:
+            self._set_leading(True, "lease acquired")
+
+    def _deadline_passed(self) -> None:
+        """The watchdog: no renewal succeeded within the renew deadline."""
+        self._watchdog = None
+        self._held = False
+        if self._leading:
+            self._count("renew_deadline")
+            self._log.warning("lease not renewed within the renew deadline; stepping down",
+                              renew_deadline=self._renew_deadline)
+            self._set_leading(False, "renew deadline passed")
+        self._set_gauge()
+
+    def _disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _failed(self, err: Exception, during: str) -> None:
+        """Log and count a failed round. An API error or a timeout leaves leadership to
+        the renew deadline; anything else (malformed Lease, bad JSON, a bug) makes this
+        replica a follower at once: its view of the Lease cannot be trusted."""
+        if isinstance(err, KubeError):
+            self._count("api")
+            self.ready = err.kind != "forbidden"
+            log_api_error(self._log, err, f"lease {self.name} {during}", self._retry)
+            return
+        if isinstance(err, TimeoutError):
+            self._count("timeout")
+            self._log.warning("lease call timed out", during=during, leading=self._leading,
+                              retry_in=self._retry)
+            return
+        kind = "malformed" if isinstance(err, ValueError) else "internal"
+        self._count(kind)
+        self._log.error(
+            "lease round failed; going on as a follower", during=during, kind=kind,
+            error=_describe(err), retry_in=self._retry,
+            exc_info=kind == "internal",
+        )
+        if self._leading:
+            self._set_leading(False, f"lease round failed ({kind})")
+
+    def _count(self, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.lease_failures.labels(lease=self.name, kind=kind).inc()
+
+    def _set_gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics.cron_leader.labels(lease=self.name).set(1 if self._leading else 0)
+
+    async def _try_acquire_or_renew(self) -> float | None:
+        """One round: the monotonic time our successful write was sent, or None."""
         now = datetime.now(UTC)
         try:
             lease = await self._client.request("get", LEASES, self.namespace, name=self.name)
         except KubeError as err:
             if err.kind != "not_found":
                 raise
-            return await self._create(now)
-        spec = dict(lease.get("spec") or {})
+            return None if self._stopping else await self._create(now)
+        spec = lease_spec(lease)
         holder = spec.get("holderIdentity") or None
         self._observe(spec)
+        if holder != self.identity and self._stopping:
+            return None  # never take a Lease while stopping
         duration = float(spec.get("leaseDurationSeconds") or self._duration)
         if holder not in (None, self.identity) and time.monotonic() < self._observed_at + duration:
-            return False
+            return None
         previous_renew = parse_time(spec.get("renewTime"))
         if holder != self.identity:
             spec["acquireTime"] = micro_time(now)
@@ -161,6 +313,7 @@ class LeaseLeadership:
         spec["renewTime"] = micro_time(now)
         spec["leaseDurationSeconds"] = max(1, round(self._duration))
         lease["spec"] = spec
+        sent = time.monotonic()
         try:
             updated = await self._client.request(
                 "update", LEASES, self.namespace, name=self.name, body=lease
@@ -168,17 +321,17 @@ class LeaseLeadership:
         except KubeError as err:
             if err.kind == "conflict":
                 self._log.debug("lease update conflicted: another replica won")
-                return False
+                return None
             raise
-        self._observe(updated.get("spec") or {})
-        if not self._leader:
-            self.handover_since = previous_renew
+        self._observe(lease_spec(updated))
+        if not self._leading:
+            self._handover_since = previous_renew
             if holder not in (None, self.identity):
                 self._log.info("took over an expired lease", previous_holder=holder,
                                previous_renew=spec.get("renewTime"))
-        return True
+        return sent
 
-    async def _create(self, now: datetime) -> bool:
+    async def _create(self, now: datetime) -> float | None:
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -191,15 +344,16 @@ class LeaseLeadership:
                 "leaseTransitions": 0,
             },
         }
+        sent = time.monotonic()
         try:
             created = await self._client.request("create", LEASES, self.namespace, body=body)
         except KubeError as err:
             if err.kind == "conflict":
-                return False
+                return None
             raise
-        self._observe(created.get("spec") or {})
-        self.handover_since = None
-        return True
+        self._observe(lease_spec(created))
+        self._handover_since = None
+        return sent
 
     def _observe(self, spec: dict[str, Any]) -> None:
         record = (spec.get("holderIdentity"), spec.get("renewTime"),
@@ -208,33 +362,36 @@ class LeaseLeadership:
             self._observed = record
             self._observed_at = time.monotonic()
 
-    def _set_leader(self, leader: bool) -> None:
-        self._leader = leader
-        if leader:
+    def _set_leading(self, leading: bool, reason: str) -> None:
+        self._leading = leading
+        if leading:
             self._became_leader.set()
         else:
             self._became_leader.clear()
-        self._log.info("cron leadership " + ("acquired" if leader else "lost"),
-                       handover_since=None if self.handover_since is None
-                       else micro_time(self.handover_since))
+        self._set_gauge()
+        self._log.info("cron leadership " + ("acquired" if leading else "lost"), reason=reason,
+                       handover_since=None if self._handover_since is None
+                       else micro_time(self._handover_since))
         for callback in list(self._callbacks):
             try:
-                callback(leader)
+                callback(leading)
             except Exception as err:
-                self._log.error("leadership callback failed", error=str(err)[:300])
+                self._log.error("leadership callback failed", error=_describe(err))
 
     async def _release(self) -> None:
-        """Give the Lease up at once (graceful stop), if we still hold it."""
-        try:
-            lease = await self._client.request("get", LEASES, self.namespace, name=self.name)
-            spec = dict(lease.get("spec") or {})
-            if spec.get("holderIdentity") != self.identity:
-                return
-            now = micro_time(datetime.now(UTC))
-            spec.update(holderIdentity=None, leaseDurationSeconds=1, renewTime=now)
-            lease["spec"] = spec
-            await self._client.request("update", LEASES, self.namespace, name=self.name,
-                                       body=lease)
-            self._log.info("lease released")
-        except KubeError as err:
-            log_api_error(self._log, err, f"lease {self.name} release", None)
+        """Give the Lease up at once (graceful stop), if we still hold it. Its renewTime
+        becomes the moment we stopped firing: the next leader fires the ticks after it."""
+        lease = await self._client.request("get", LEASES, self.namespace, name=self.name)
+        spec = lease_spec(lease)
+        if spec.get("holderIdentity") != self.identity:
+            return
+        stopped = self._fired_until or datetime.now(UTC)
+        spec.update(holderIdentity=None, leaseDurationSeconds=1, renewTime=micro_time(stopped))
+        lease["spec"] = spec
+        await self._client.request("update", LEASES, self.namespace, name=self.name, body=lease)
+        self._log.info("lease released", fired_until=micro_time(stopped))
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}"[:400] if text else type(err).__name__

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -64,18 +65,20 @@ async def test_one_leader_then_takeover_within_the_lease_duration(
     # a dies without releasing (its task is cancelled, the Lease left as it is).
     assert a._task is not None
     a._task.cancel()
-    last_renew = parse_time(api.get(LEASES, "bridge")["spec"]["renewTime"])  # type: ignore[index]
     died = time.monotonic()
+    await asyncio.sleep(0.1)  # a write of a's already sent still lands
+    last_renew = parse_time(api.get(LEASES, "bridge")["spec"]["renewTime"])  # type: ignore[index]
     await asyncio.wait_for(b.wait_leader(), 4)
     assert time.monotonic() - died <= 2.0 + 0.2 + 0.5
     spec = api.get(LEASES, "bridge")["spec"]  # type: ignore[index]
     assert spec["holderIdentity"] == "b"
     assert spec["leaseTransitions"] == 1
     assert b.handover_since == last_renew
-    assert changes == [("a", True), ("b", True)]
+    # a's loop is gone, but its own clock stepped it down at its renew deadline, before
+    # b could take over: never two leaders.
+    assert changes == [("a", True), ("a", False), ("b", True)]
     await b.stop()
     assert api.get(LEASES, "bridge")["spec"]["holderIdentity"] is None  # type: ignore[index]
-    a._leader = False
     await a.stop()
 
 
@@ -118,11 +121,11 @@ async def test_conflicting_update_means_someone_else_won(
         return await original(verb, *args, **kwargs)  # type: ignore[arg-type]
 
     clients[0].request = racing  # type: ignore[method-assign]
-    assert await a._try_acquire_or_renew() is False  # first sight of "old": not expired yet
+    assert await a._try_acquire_or_renew() is None  # first sight of "old": not expired yet
     assert not any(r.verb == "update" for r in api.requests)
     await asyncio.sleep(1.1)  # now expired on a's clock: a writes, and loses the race
-    assert await a._try_acquire_or_renew() is False
-    assert await a._try_acquire_or_renew() is False  # winner's record is fresh
+    assert await a._try_acquire_or_renew() is None
+    assert await a._try_acquire_or_renew() is None  # winner's record is fresh
     assert api.get(LEASES, "bridge")["spec"]["holderIdentity"] == "winner"  # type: ignore[index]
     assert any(r.verb == "update" for r in api.requests)
 
@@ -164,3 +167,41 @@ async def test_requests_retry_429_and_5xx_honouring_retry_after(
     with pytest.raises(KubeError) as missing:
         await clients[0].request("get", LEASES_RESOURCE, "default", name="absent")
     assert missing.value.kind == "not_found"
+
+
+async def test_stop_keeps_the_lease_until_released_and_hands_over_from_the_last_fired_tick(
+    api: KubeApi, clients: list[KubeClient]
+) -> None:
+    a, b = replica(clients[0], "a"), replica(clients[1], "b")
+    await a.start()
+    await asyncio.wait_for(a.wait_leader(), 3)
+    await b.start()
+    a.stop_leading()  # SIGTERM: no tick fires any more, the Lease stays a's while it drains
+    assert not a.is_leader
+    stopped_firing = a._fired_until
+    assert stopped_firing is not None
+    late_tick = stopped_firing.replace(microsecond=0)  # due before, its clock callback late
+    a.note_unfired(late_tick)
+    a.note_unfired(stopped_firing + timedelta(seconds=1))  # due after: the next leader's
+    renewed = api.get(LEASES, "bridge")["spec"]["renewTime"]  # type: ignore[index]
+    await asyncio.sleep(2.5)  # longer than the lease duration: still a's, renewed
+    spec = api.get(LEASES, "bridge")["spec"]  # type: ignore[index]
+    assert spec["holderIdentity"] == "a"
+    assert spec["renewTime"] != renewed
+    assert not b.is_leader
+    await a.stop()
+    await asyncio.wait_for(b.wait_leader(), 2)
+    assert b.handover_since == late_tick - timedelta(microseconds=1)
+    await b.stop()
+
+
+async def test_a_stopping_replica_never_takes_the_lease(
+    api: KubeApi, clients: list[KubeClient]
+) -> None:
+    a = replica(clients[0], "a")
+    a.stop_leading()
+    await a.start()
+    await asyncio.sleep(0.6)
+    assert api.get(LEASES, "bridge") is None
+    assert not a.is_leader
+    await a.stop()

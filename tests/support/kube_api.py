@@ -13,7 +13,11 @@ It keeps the contract ``bridge.kube`` relies on, nothing more:
 - ``compact()`` forgets history, so a watch from an older version gets 410 Gone (as an
   ERROR event, like the real server); ``disconnect_watches()`` drops every open stream;
 - ``forbid(verb, resource)`` answers 403 with the API server's wording;
-  ``fail_next(status, count, retry_after)`` injects 429/5xx answers.
+  ``fail_next(status, count, retry_after)`` injects 429/5xx answers;
+  ``garble_next(body, count, resource)`` answers 200 with a body of the test's choice
+  (broken JSON, a malformed object); ``hang()`` holds every request unanswered, its
+  connection open, until ``resume()`` (then it is served: a write may land late, as on
+  a real API server whose answer was lost).
 
 Tests drive it directly (``put``, ``delete``, ``get``) from the same event loop and
 point the bridge at it with :meth:`KubeApi.kubeconfig`.
@@ -82,6 +86,11 @@ class KubeApi:
         self._watches: set[_Watch] = set()
         self._forbidden: set[tuple[str, str]] = set()
         self._failures: list[tuple[int, str | None]] = []
+        self._garbage: list[tuple[bytes, str | None]] = []
+        self._open = asyncio.Event()
+        self._open.set()
+        #: Requests that arrived while hung.
+        self.held = 0
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -111,6 +120,7 @@ class KubeApi:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.resume()
         self.disconnect_watches()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -177,6 +187,21 @@ class KubeApi:
 
     def fail_next(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
         self._failures.extend([(status, retry_after)] * count)
+
+    def garble_next(
+        self, body: bytes = b'{"kind": "Lease", "spec": {', count: int = 1,
+        resource: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` requests (for ``resource`` only, if given) 200 with
+        ``body`` instead of doing them."""
+        self._garbage.extend([(body, resource)] * count)
+
+    def hang(self) -> None:
+        """From now on, hold every request unanswered until :meth:`resume`."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
 
     @property
     def open_watches(self) -> int:
@@ -255,6 +280,10 @@ class KubeApi:
                 f'cannot {verb} resource "{rbac}" in API group "{group}" in the namespace "{ns}"'
             )
             return _status(403, "Forbidden", message)
+        for index, (body, only) in enumerate(self._garbage):
+            if only is None or only == resource:
+                del self._garbage[index]
+                return web.Response(status=200, body=body, content_type="application/json")
         if self._failures:
             status, retry_after = self._failures.pop(0)
             response = _status(status, "TooManyRequests" if status == 429 else "InternalError",
@@ -264,7 +293,13 @@ class KubeApi:
             return response
         return None
 
+    async def _held(self) -> None:
+        if not self._open.is_set():
+            self.held += 1
+            await self._open.wait()
+
     async def _collection(self, request: web.Request) -> web.StreamResponse:
+        await self._held()
         resource, _ = self._resource(request)
         ns = request.match_info["ns"]
         if request.method == "GET":
@@ -297,6 +332,7 @@ class KubeApi:
         return _status(405, "MethodNotAllowed", request.method)
 
     async def _item(self, request: web.Request) -> web.StreamResponse:
+        await self._held()
         resource, _ = self._resource(request)
         ns, name = request.match_info["ns"], request.match_info["name"]
         sub = request.match_info.get("sub")

@@ -200,10 +200,24 @@ def test_an_invalid_inline_function_is_reported_once() -> None:
 class Handover:
     """A Leadership whose state the test sets; ``handover_since`` as the Lease gives it."""
 
+    handover_window = timedelta(seconds=30)
+
     def __init__(self) -> None:
         self.is_leader = False
         self.handover_since: datetime | None = None
         self._callbacks: list[Callable[[bool], None]] = []
+
+    async def start(self) -> None:
+        return None
+
+    def stop_leading(self) -> None:
+        self.is_leader = False
+
+    def note_unfired(self, scheduled: datetime) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self.is_leader = False
 
     def on_change(self, callback: Callable[[bool], None]) -> None:
         self._callbacks.append(callback)
