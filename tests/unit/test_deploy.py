@@ -23,6 +23,7 @@ from bridge.config import BridgeConfig, SinkConfig, parse_config
 from bridge.durations import parse_duration
 from bridge.kube.client import TRIGGER_GROUP, TRIGGER_VERSION
 from bridge.kube.triggers import validate_trigger
+from bridge.runtime import STOP_GRACE
 from bridge.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -201,7 +202,9 @@ def test_deployment_is_a_well_behaved_workload() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert pod["terminationGracePeriodSeconds"] > parse_duration(env["BRIDGE_DRAIN_TIMEOUT"])
+    # the whole stop fits in BRIDGE_DRAIN_TIMEOUT + STOP_GRACE (bridge/runtime.py)
+    drain = parse_duration(env["BRIDGE_DRAIN_TIMEOUT"])
+    assert pod["terminationGracePeriodSeconds"] >= drain + STOP_GRACE
     assert pod["serviceAccountName"] == find(objects, "ServiceAccount", "trigger-bridge")[
         "metadata"]["name"]
     assert env["BRIDGE_LEADER_ELECTION"] == "true"
