@@ -231,11 +231,8 @@ class CronConnector:
         """
         leadership = self._context.leadership
         since = leadership.handover_since
-        floors = [now - leadership.handover_window]
-        if since is None:
-            floors.append(now)  # no handover to cover: only the restart rule
-        else:
-            floors.append(since)
+        # since None: no handover to cover (the window is empty), only the restart rule
+        floors = [now - leadership.handover_window, now if since is None else since]
         if self._last_fired is not None:
             floors.append(self._last_fired)
         if self._deadline is not None:
