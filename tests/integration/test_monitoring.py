@@ -1,6 +1,7 @@
 """Every metric that deploy/monitoring/ (the Grafana dashboard and the PrometheusRule)
-names exists in a real scrape of the real daemon, run through its CLI with cron triggers
-and a Kafka trigger; ``bridge_cron_leader`` follows the Lease across replicas."""
+names exists in a real scrape of the real daemon, run through its CLI with cron triggers,
+a Kafka trigger and leader election (against the API emulator);
+``bridge_cron_leader``, which the leader alerts sum, follows the Lease across replicas."""
 
 from __future__ import annotations
 
@@ -85,13 +86,26 @@ triggers:
 """
 
 
+@pytest.fixture
+async def api() -> AsyncIterator[KubeApi]:
+    async with KubeApi() as emulator:
+        yield emulator
+
+
+def lease_env(api: KubeApi, tmp: Path) -> dict[str, str]:
+    return {"BRIDGE_KUBECONFIG": str(api.kubeconfig(tmp)),
+            "BRIDGE_LEADER_ELECTION": "true", "BRIDGE_LEASE_DURATION": "2s",
+            "BRIDGE_LEASE_RENEW_DEADLINE": "1500ms", "BRIDGE_LEASE_RETRY_PERIOD": "250ms"}
+
+
 async def test_every_metric_of_the_dashboard_and_alerts_is_scraped(
-    kafka_broker: KafkaBroker, tmp_path: Path
+    kafka_broker: KafkaBroker, api: KubeApi, tmp_path: Path
 ) -> None:
     topic = kafka_broker.topic(partitions=2)
     await kafka_broker.produce(topic, [(b"k%d" % i, b"v%d" % i, []) for i in range(6)])
     async with RecordingFunction(behaviour) as fn, BridgeProcess(
-            config(fn.url, tmp_path, kafka_broker, topic), tmp_path, wait_ready=True) as bridge:
+            config(fn.url, tmp_path, kafka_broker, topic), tmp_path, lease_env(api, tmp_path),
+            wait_ready=True) as bridge:
 
         def seen(name: str, **labels: str) -> float:
             return bridge.metric(name, **labels)
@@ -116,21 +130,13 @@ async def test_every_metric_of_the_dashboard_and_alerts_is_scraped(
         assert missing == [], f"{source} names metrics the daemon does not export: {missing}"
     assert len(named_metrics()["dashboard.json"]) >= 15
     [leader] = samples["bridge_cron_leader"]
-    assert leader.value == 1.0  # one process without leader election leads
+    assert (leader.labels, leader.value) == ({"lease": "trigger-bridge"}, 1.0)  # the only replica
     lag = {s.labels["partition"]: s.value for s in samples["bridge_kafka_consumer_lag"]}
     assert lag == {"0": 0.0, "1": 0.0}  # every record consumed
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[KubeApi]:
-    async with KubeApi() as emulator:
-        yield emulator
-
-
 async def test_cron_leader_gauge_follows_the_lease(api: KubeApi, tmp_path: Path) -> None:
-    env = {"BRIDGE_KUBECONFIG": str(api.kubeconfig(tmp_path)),
-           "BRIDGE_LEADER_ELECTION": "true", "BRIDGE_LEASE_DURATION": "2s",
-           "BRIDGE_LEASE_RENEW_DEADLINE": "1500ms", "BRIDGE_LEASE_RETRY_PERIOD": "250ms"}
+    env = lease_env(api, tmp_path)
     text = f"""
 defaults: {{dead_letter: {{file: {{path: "{tmp_path / 'dl.jsonl'}"}}}}}}
 functions: {{fn: {{url: "http://127.0.0.1:9/"}}}}

@@ -145,8 +145,9 @@ def test_dashboard_covers_what_operators_watch() -> None:
 
 
 def test_monitoring_is_a_separate_kustomization() -> None:
-    base = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
-    assert not any("monitoring" in r for r in base["resources"])
+    for path in (ROOT / "deploy" / "kustomization.yaml",
+                 ROOT / "deploy" / "base" / "kustomization.yaml"):
+        assert not any("monitoring" in r for r in yaml.safe_load(path.read_text())["resources"])
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (apt-get install kubectl)")
@@ -160,7 +161,7 @@ def test_monitoring_is_a_separate_kustomization() -> None:
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(configmap["data"]["dashboard.json"]) == dashboard()
     # the ServiceMonitor finds the metrics Service of the base, on its named port
-    service = yaml.safe_load((ROOT / "deploy" / "service.yaml").read_text())
+    service = yaml.safe_load((ROOT / "deploy" / "base" / "service.yaml").read_text())
     monitor = objects["ServiceMonitor"]["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
