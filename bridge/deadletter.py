@@ -56,6 +56,9 @@ class DeadLetter:
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     #: Set on a record written to ``dead_letter.fallback``: why the sink refused it.
     refused: str = ""
+    #: More ``bridge-*`` facts as (name, JSON text), e.g. a redrive's attempt history
+    #: (``bridge-redrive-attempts``, ``bridge-redrive-history``; see bridge.redrive).
+    history: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, event: Event, function: str, outcome: Outcome, attempts: int) -> DeadLetter:
@@ -71,6 +74,7 @@ class DeadLetter:
             key=event.key,
             headers=event.headers,
             cloudevent=event.ce_attributes(),
+            history=event.history,
         )
 
     def bridge_headers(self) -> list[tuple[str, str]]:
@@ -87,12 +91,15 @@ class DeadLetter:
         ]
         if self.refused:
             pairs.append(("bridge-sink-refused", self.refused))
+        pairs.extend(self.history)
         return [(k, v.replace("\r", " ").replace("\n", " ")) for k, v in pairs]
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = dict(self.bridge_headers())
         record["bridge-attempts"] = self.attempts
         record["bridge-last-status"] = self.last_status
+        for name, text in self.history:  # JSON texts as headers, values in a file record
+            record[name] = json.loads(text)
         record["cloudevent"] = self.cloudevent
         record["key"] = _b64(self.key)
         record["headers"] = [[name, _b64(value)] for name, value in self.headers]
@@ -161,7 +168,9 @@ class FileSink:
     the next record; a file that does not end in a newline (a record torn by a crash)
     gets the next record on a new line. Appends hold ``flock`` on the file, so writers
     in other threads or processes never see each other's half-written or taken-back
-    records.
+    records. A file replaced while an append waited for the lock (``trigger-bridge
+    redrive`` renames its rewrite over the file while holding the lock) is opened
+    again, so no record lands in the unlinked old file.
     """
 
     def __init__(self, config: FileSinkConfig) -> None:
@@ -185,25 +194,29 @@ class FileSink:
                 raise
 
     def _append(self, line: bytes) -> None:
-        fd, created = _open_for_append(self.path)
-        try:
-            if self._fsync and (created or not self._dir_synced):
-                _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
-                self._dir_synced = True
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # a record torn by a crash before: start a new line
+        while True:
+            fd, created = _open_for_append(self.path)
             try:
-                _write_all(fd, line)
-                if self._fsync:
-                    os.fsync(fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)  # take the partial record back
-                raise
-        finally:
-            os.close(fd)  # also releases the flock
+                if self._fsync and (created or not self._dir_synced):
+                    _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+                    self._dir_synced = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if _replaced(self.path, fd):
+                    continue  # rewritten while we waited for the lock: append to the new file
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # a record torn by a crash before: start a new line
+                try:
+                    _write_all(fd, line)
+                    if self._fsync:
+                        os.fsync(fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)  # take the partial record back
+                    raise
+                return
+            finally:
+                os.close(fd)  # also releases the flock
 
     async def close(self) -> None:
         """Every write is already on disk."""
@@ -222,6 +235,17 @@ def _open_for_append(path: str) -> tuple[int, bool]:
         return os.open(path, flags | os.O_EXCL, 0o640), True
     except FileExistsError:
         return os.open(path, flags, 0o640), False
+
+
+def _replaced(path: str, fd: int) -> bool:
+    """True when ``path`` no longer names the file open as ``fd``: ``trigger-bridge
+    redrive`` swapped in a rewritten file (under this same lock) or it was removed."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return True
+    opened = os.fstat(fd)
+    return (named.st_ino, named.st_dev) != (opened.st_ino, opened.st_dev)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -64,6 +64,9 @@ class Event:
     headers: tuple[tuple[str, bytes], ...] = ()
     #: When set, the event is dead-lettered at once with this reason (a bad message).
     defect: str | None = None
+    #: More ``bridge-*`` facts a dead letter of this event carries, as (name, JSON text):
+    #: a redriven event's earlier failures (``bridge-redrive-attempts``, ...).
+    history: tuple[tuple[str, str], ...] = ()
     #: If the first attempt cannot start by then, the event is abandoned (cron deadline).
     not_after: datetime | None = None
     settler: Settler = _no_settle

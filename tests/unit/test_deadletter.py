@@ -278,3 +278,42 @@ async def test_a_torn_last_line_gets_the_next_record_on_a_line_of_its_own(
     assert lines[1] == '{"bridge-trigger": "orders", "bo'
     assert base64.b64decode(json.loads(lines[2])["body"]) == b"after"
     assert lines[3:] == [""]
+
+
+async def test_an_append_waiting_for_the_lock_goes_to_the_file_that_replaced_it(
+    tmp_path: Path,
+) -> None:
+    """``trigger-bridge redrive`` rewrites a dead-letter file and renames the rewrite over
+    it while holding the file's flock: an append that opened the old file and waited for
+    the lock must land in the new file, not in the unlinked old one (lost)."""
+    import fcntl
+
+    path = tmp_path / "dead.jsonl"
+    path.write_text('{"old": 1}\n')
+    holder = os.open(path, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    write = asyncio.create_task(FileSink(FileSinkConfig(path=str(path))).write(sample_record()))
+    await asyncio.sleep(0.2)  # the append has opened the old file and waits for the lock
+    assert not write.done()
+    rewrite = tmp_path / "dead.jsonl.tmp"
+    rewrite.write_text('{"kept": 1}\n')
+    os.rename(rewrite, path)
+    os.close(holder)  # releases the lock
+    await asyncio.wait_for(write, 5)
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"kept": 1}'
+    assert [json.loads(line)["bridge-trigger"] for line in lines[1:]] == ["orders"]
+
+
+def test_history_goes_into_headers_as_text_and_into_a_file_record_as_values() -> None:
+    event = sample_event()
+    event.history = (("bridge-redrive-attempts", "2"),
+                     ("bridge-redrive-history", '[{"error":"http_503"}]'))
+    outcome = Outcome(Verdict.PERMANENT, "http_422", status=422)
+    record = DeadLetter.of(event, "billing", outcome, attempts=1)
+    headers = dict(record.bridge_headers())
+    assert headers["bridge-redrive-attempts"] == "2"
+    assert headers["bridge-redrive-history"] == '[{"error":"http_503"}]'
+    document = record.to_json()
+    assert document["bridge-redrive-attempts"] == 2
+    assert document["bridge-redrive-history"] == [{"error": "http_503"}]
