@@ -1,4 +1,4 @@
-"""Command line: ``trigger-bridge run|validate|demo|schedule|import-cronjobs|schema``.
+"""Command line: ``trigger-bridge run|validate|demo|schedule|import-cronjobs|schema|redrive``.
 
 User errors (a bad config, a bad expression, a bad setting) print one line per problem
 and exit 2; they never print a traceback.
@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--crd", action="store_true",
                         help="print the Trigger CustomResourceDefinition (deploy/crds/)")
     schema.set_defaults(handler=_schema)
+
+    from bridge.redrive.command import add_parser as add_redrive
+
+    add_redrive(commands)
+    commands.choices["redrive"].set_defaults(handler=_redrive)
     return parser
 
 
@@ -212,6 +217,17 @@ def _schedule(args: argparse.Namespace) -> int:
             ) from None
         print(moment.isoformat())
     return EXIT_OK
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from bridge.redrive.command import RedriveUsageError, run
+
+    settings = _settings()
+    path, config = _config(args.config, settings)
+    try:
+        return run(args, config, path, settings)
+    except RedriveUsageError as err:
+        raise _UsageError([str(err)]) from None
 
 
 def _schema(args: argparse.Namespace) -> int:

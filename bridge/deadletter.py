@@ -201,7 +201,7 @@ class FileSink:
                     _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
                     self._dir_synced = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                if _replaced(self.path, fd):
+                if replaced(self.path, fd):
                     continue  # rewritten while we waited for the lock: append to the new file
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -237,7 +237,7 @@ def _open_for_append(path: str) -> tuple[int, bool]:
         return os.open(path, flags, 0o640), False
 
 
-def _replaced(path: str, fd: int) -> bool:
+def replaced(path: str, fd: int) -> bool:
     """True when ``path`` no longer names the file open as ``fd``: ``trigger-bridge
     redrive`` swapped in a rewritten file (under this same lock) or it was removed."""
     try:

@@ -90,6 +90,17 @@ SINKS: dict[str, str] = {
     "rabbitmq": "connectors.rabbitmq_sink:rabbit_sink",
 }
 
+#: ``trigger-bridge redrive``: dead letters read back from a topic or queue
+#: (bridge.redrive.sources.LetterSource), and ``--to-source`` publishers (Republisher).
+REDRIVE_SOURCES: dict[str, str] = {
+    "kafka": "connectors.kafka_redrive:KafkaLetters",
+    "rabbitmq": "connectors.rabbitmq_redrive:RabbitLetters",
+}
+REPUBLISHERS: dict[str, str] = {
+    "kafka": "connectors.kafka_redrive:KafkaRepublisher",
+    "rabbitmq": "connectors.rabbitmq_redrive:RabbitRepublisher",
+}
+
 
 def _load(spec: str) -> Any:
     module, _, attribute = spec.partition(":")
@@ -106,3 +117,17 @@ def sink_factory(kind: str) -> SinkFactory:
     if kind not in SINKS:
         raise LookupError(f"no dead-letter sink of kind {kind!r}")
     return _load(SINKS[kind])  # type: ignore[no-any-return]
+
+
+def redrive_source(kind: str) -> Callable[..., Any]:
+    """The class reading dead letters back from a sink of ``kind`` (keyword arguments)."""
+    if kind not in REDRIVE_SOURCES:
+        raise LookupError(f"no redrive reader for {kind!r}")
+    return _load(REDRIVE_SOURCES[kind])  # type: ignore[no-any-return]
+
+
+def republisher_factory(kind: str) -> Callable[[], Any]:
+    """The ``--to-source`` publisher for a source of ``kind``."""
+    if kind not in REPUBLISHERS:
+        raise LookupError(f"no republisher for source kind {kind!r}")
+    return _load(REPUBLISHERS[kind])  # type: ignore[no-any-return]
