@@ -1,7 +1,8 @@
 """How a redrive reaches the dead letters in a topic or queue: the config's own sinks.
 
 The broker connection (servers, security, credentials) comes from the dead-letter
-sinks of the config file, so no secret is typed on a command line:
+sinks of the config file (the triggers' and the defaults'), so no secret is typed on a
+command line:
 
 - a Kafka topic: the connection of the sinks (``dead_letter`` or ``fallback``, of any
   trigger or the defaults) that write to that topic; ``--bootstrap-servers`` for a
@@ -23,10 +24,11 @@ from pydantic import ValidationError
 
 from bridge.config import (
     BridgeConfig,
+    DeadLetterConfig,
     KafkaConnection,
-    ResolvedTrigger,
     SinkConfig,
     TlsConfig,
+    TriggerConfig,
     problems_from,
 )
 from bridge.redrive.sources import SourceError
@@ -45,13 +47,13 @@ def kafka_connection(
             problem = next(iter(problems_from(err)))
             raise SourceError(f"--bootstrap-servers: {problem.message}") from None
     found: list[tuple[KafkaConnection, str]] = []
-    for trigger, sink in _sinks(config, triggers):
+    for name, trigger, sink in _sinks(config, triggers):
         if sink.kafka is None or sink.kafka.topic != topic:
             continue
         try:
-            found.append((sink.kafka.connection(trigger.config.kafka), trigger.name))
+            found.append((sink.kafka.connection(None if trigger is None else trigger.kafka), name))
         except ValueError:
-            continue  # validate reports it
+            continue  # validate reports it (or a defaults sink that needs a trigger's)
     if not found:
         raise SourceError(f"no dead-letter sink{_of(triggers)} in the config writes to kafka "
                           f"topic {topic!r}: pass --bootstrap-servers HOST:PORT")
@@ -63,15 +65,15 @@ def rabbitmq_connection(
 ) -> tuple[str, TlsConfig | None]:
     """The broker (url, tls) of the config's RabbitMQ dead letters; SourceError."""
     found: list[tuple[tuple[str, TlsConfig | None], str]] = []
-    for trigger, sink in _sinks(config, triggers):
+    for name, trigger, sink in _sinks(config, triggers):
         rabbit = sink.rabbitmq
         if rabbit is None:
             continue
-        own = trigger.config.rabbitmq
+        own = None if trigger is None else trigger.rabbitmq
         if rabbit.url is not None and not rabbit.reject:
-            found.append(((rabbit.url.get_secret_value(), rabbit.tls), trigger.name))
+            found.append(((rabbit.url.get_secret_value(), rabbit.tls), name))
         elif own is not None:
-            found.append(((own.url.get_secret_value(), own.tls), trigger.name))
+            found.append(((own.url.get_secret_value(), own.tls), name))
     if not found:
         raise SourceError(f"no RabbitMQ dead-letter sink{_of(triggers)} in the config: "
                           "the queue's broker is taken from one")
@@ -80,17 +82,24 @@ def rabbitmq_connection(
 
 def _sinks(
     config: BridgeConfig, triggers: frozenset[str]
-) -> Iterator[tuple[ResolvedTrigger, SinkConfig]]:
+) -> Iterator[tuple[str, TriggerConfig | None, SinkConfig]]:
+    """(trigger name, its config, sink) of every sink in use; the defaults' own too (the
+    triggers may all be Trigger resources)."""
     for trigger in config.triggers:
         if triggers and trigger.name not in triggers:
             continue
-        resolved = config.resolve(trigger)
-        dead_letter = resolved.dead_letter
-        if dead_letter is None:
-            continue
-        yield resolved, dead_letter.primary()
+        yield from _both(trigger.name, trigger, config.resolve(trigger).dead_letter)
+    if not triggers:
+        yield from _both("defaults", None, config.defaults.dead_letter)
+
+
+def _both(
+    name: str, trigger: TriggerConfig | None, dead_letter: DeadLetterConfig | None
+) -> Iterator[tuple[str, TriggerConfig | None, SinkConfig]]:
+    if dead_letter is not None:
+        yield name, trigger, dead_letter.primary()
         if dead_letter.fallback is not None:
-            yield resolved, dead_letter.fallback
+            yield name, trigger, dead_letter.fallback
 
 
 def _one(found: list[tuple[_T, str]], what: str, otherwise: str = "") -> _T:

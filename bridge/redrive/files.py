@@ -157,11 +157,12 @@ class FileLetters:
 
 def _item(position: str, line: bytes, settle: Callable[[bool], Awaitable[None]]) -> Item:
     try:
-        return Item(position, from_json(json.loads(line), position), settle)
+        return Item(position, from_json(json.loads(line.decode("utf-8")), position), settle)
     except UnicodeDecodeError:
         return Item(position, None, settle, "not UTF-8 text")
     except json.JSONDecodeError as err:
-        truncated = "" if line.rstrip().endswith(b"}") else "truncated? "
+        text = line.strip()
+        truncated = "truncated? " if text.startswith(b"{") and not text.endswith(b"}") else ""
         where = "column" if err.msg.endswith(" at") else "at column"
         return Item(position, None, settle,
                     f"not a JSON line ({truncated}{err.msg} {where} {err.colno})")

@@ -112,6 +112,8 @@ def from_json(document: object, position: str) -> Letter:
     """A file sink record (one parsed JSON line); raises NotALetter."""
     if not isinstance(document, dict):
         raise NotALetter(f"a JSON {type(document).__name__}, not an object")
+    fields = {k: v for k, v in document.items() if isinstance(k, str) and k.startswith("bridge-")}
+    _require(fields)
     cloudevent = document.get("cloudevent", {})
     if not isinstance(cloudevent, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in cloudevent.items()
@@ -122,7 +124,6 @@ def from_json(document: object, position: str) -> Letter:
         isinstance(h, list) and len(h) == 2 and isinstance(h[0], str) for h in headers
     ):
         raise NotALetter("'headers' is not a list of [name, base64] pairs")
-    fields = {k: v for k, v in document.items() if isinstance(k, str) and k.startswith("bridge-")}
     return from_fields(
         fields, cloudevent, _unbase64(document.get("body"), "body", required=True) or b"",
         _unbase64(document.get("key"), "key"),
@@ -142,10 +143,7 @@ def from_fields(
     extra: Mapping[str, str] | None = None,
 ) -> Letter:
     """A record from its ``bridge-*`` fields (header texts or JSON values); NotALetter."""
-    missing = [n for n in ("bridge-trigger", "bridge-function", "bridge-error")
-               if not isinstance(fields.get(n), str) or not fields[n]]
-    if missing:
-        raise NotALetter(f"no {', '.join(missing)}")
+    _require(fields)
     return Letter(
         position=position,
         trigger=fields["bridge-trigger"],
@@ -165,6 +163,13 @@ def from_fields(
         refused=_text(fields.get("bridge-sink-refused")),
         extra=dict(extra or {}),
     )
+
+
+def _require(fields: Mapping[str, Any]) -> None:
+    missing = [n for n in ("bridge-trigger", "bridge-function", "bridge-error")
+               if not isinstance(fields.get(n), str) or not fields[n]]
+    if missing:
+        raise NotALetter(f"no {', '.join(missing)}")
 
 
 def _text(value: Any) -> str:

@@ -35,6 +35,8 @@ class Counts:
     unreadable: int = 0
     #: Dry run: would be redriven.
     selected: int = 0
+    #: Reading failed before the end (the rest was not read).
+    stopped: bool = False
 
     @property
     def done(self) -> int:
@@ -50,7 +52,7 @@ class Counts:
     def clean(self) -> bool:
         """Nothing failed, nothing left behind but what the filters left out."""
         return not (self.dead_lettered or self.failed or self.unredrivable
-                    or self.unreadable or self.not_done)
+                    or self.unreadable or self.not_done or self.stopped)
 
 
 class Report:
@@ -154,5 +156,7 @@ class Report:
         if c.not_done:
             why = "interrupted" if interrupted else "not finished"
             parts.append(f"{c.not_done} {why} (left in place)")
+        if c.stopped:
+            parts.append("reading stopped early (the rest was not read)")
         tail = " (dry run: nothing changed)" if self._dry_run else ""
         return f"redrive {self._name}: " + ", ".join(parts) + tail

@@ -135,9 +135,17 @@ class Redrive:
 
     async def _work(self) -> None:
         async with asyncio.TaskGroup() as confirms:
-            async for item in self.source.items():
-                if self.options.limit is not None and self._selected >= self.options.limit:
-                    break  # left unread: the next run starts here
+            items = aiter(self.source.items())
+            while self.options.limit is None or self._selected < self.options.limit:
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration:
+                    break
+                except Exception as err:  # the broker went away: finish what was read
+                    self.counts.stopped = True
+                    self.report.problem(f"reading {self.source.name} failed: {_describe(err)}; "
+                                        "what was not read stays where it is")
+                    break
                 self.counts.read += 1
                 await self._handle(item, confirms)
         await self._idle.wait()
