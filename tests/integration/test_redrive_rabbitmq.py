@@ -8,7 +8,7 @@ from pathlib import Path
 
 from connectors.rabbitmq_sink import RabbitPublishSink
 from tests.support.functions import Call, RecordingFunction, Reply
-from tests.support.rabbitmq import BROKER_URL, Broker
+from tests.support.rabbitmq import BROKER_URL, Broker, eventually
 from tests.support.redrive import dead_letter, rabbit_event, redrive, redrive_killed, write_all
 
 
@@ -117,7 +117,12 @@ async def test_a_crash_in_the_middle_loses_nothing(tmp_path: Path) -> None:
             await redrive_killed("--config", cfg, "--rabbitmq-queue", dlq, "--concurrency", "2",
                                  when=lambda: len(fn.calls) >= 10)
             calls = len(fn.calls)
-            left = await broker.count(dlq)  # the unacked came back with the lost connection
+
+            async def handed_back() -> bool:  # once the broker saw the connection go
+                return await broker.count(dlq) >= total - calls
+
+            await eventually(handed_back, what="the unacked messages back in the queue")
+            left = await broker.count(dlq)
             assert calls - 2 <= total - left <= calls
             slow = False
             result = await redrive("--config", cfg, "--rabbitmq-queue", dlq)
