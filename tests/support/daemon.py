@@ -47,7 +47,13 @@ class BridgeProcess:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> BridgeProcess:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # Not up in time (or cancelled): never leave the daemon running. A stray one
+            # keeps calling its function's port, which a later test may get.
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
