@@ -191,12 +191,16 @@ def stop_on_signals() -> asyncio.Event:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import os
+
     from bridge.demo import run_demo
+    from bridge.demo.rabbitmq import DEFAULT_URL
     from bridge.logs import configure
 
     settings = _settings()
     configure("console", settings.log_level)
-    return asyncio.run(run_demo(settings, args.duration))
+    amqp_url = os.environ.get("BRIDGE_DEMO_AMQP_URL") or DEFAULT_URL
+    return asyncio.run(run_demo(settings, args.duration, amqp_url))
 
 
 def _schedule(args: argparse.Namespace) -> int:
