@@ -141,7 +141,7 @@ async def test_allow_runs_overlapping_ticks(tmp_path: Path) -> None:
 
 
 async def test_replace_cancels_the_running_invocation(tmp_path: Path) -> None:
-    async with RecordingFunction(always(200, delay=30)) as fn:
+    async with RecordingFunction(always(200, delay=4)) as fn:
         cron = '{schedule: "* * * * * *", concurrency_policy: Replace}'
         dl = tmp_path / "dl.jsonl"
         async with BridgeProcess(config(fn.url, dl, cron), tmp_path) as bridge:
