@@ -74,7 +74,9 @@ class Report:
                        self._err)
         if not self._tty:
             records = "" if total is None else f" ({total} record(s))"
-            self._line(f"redriving {name}{records}", self._err)
+            text = (f"reading {name}{records}, a dry run" if self._dry_run
+                    else f"redriving {name}{records}")
+            self._line(text, self._err)
         self.tick()
 
     def redriven(self, text: str) -> None:
