@@ -297,6 +297,12 @@ class Metrics:
             "renew_deadline: stepped down unrenewed). The loop goes on.",
             ["lease", "kind"], registry=r,
         )
+        self.task_crashes = Counter(
+            "bridge_task_crashes",
+            "Crashes of a supervised background task (bridge.supervisor), by task name; "
+            "the task is restarted with backoff.",
+            ["task"], registry=r,
+        )
         self.cron_leader = Gauge(
             "bridge_cron_leader", "1 while this replica leads cron (holds the Lease, fires).",
             ["lease"], registry=r,
