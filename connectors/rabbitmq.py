@@ -67,16 +67,18 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from bridge.closing import close_quietly
 from bridge.config import DeadLetterConfig, ResolvedTrigger
+from bridge.errors import describe
 from bridge.events import Disposition, Event
 from bridge.logs import redact_url
-from bridge.retry import RetryPolicy, backoff
+from bridge.retry import Backoff
 from connectors.base import ConnectorContext
 from connectors.rabbitmq_acks import AckBatcher, AckError
 from connectors.rabbitmq_connection import (
+    CLOSE_TIMEOUT,
     ConsumerChannel,
     RabbitSetupError,
-    close_quietly,
     connect,
     explain,
     scrub,
@@ -85,7 +87,7 @@ from connectors.rabbitmq_connection import (
 from connectors.rabbitmq_mapping import EventMapper
 
 #: Pause between tries to consume again after the broker cancelled the consumer.
-_RESUME = RetryPolicy(max_attempts=1, initial_backoff=1.0, max_backoff=30.0)
+_RESUME = Backoff(initial=1.0, maximum=30.0)
 
 
 def _rejects(dead_letter: DeadLetterConfig | None) -> bool:
@@ -149,7 +151,7 @@ class RabbitConnector:
             if isinstance(channel, ConsumerChannel):
                 channel.on_cancelled = self._on_cancelled
         except (Exception, asyncio.CancelledError) as err:
-            await close_quietly(connection)
+            await close_quietly(connection.close, timeout=CLOSE_TIMEOUT)
             if isinstance(err, asyncio.CancelledError):
                 raise
             raise RabbitSetupError(explain(err, self._url, self._source.queue)) from None
@@ -210,7 +212,7 @@ class RabbitConnector:
                 break
             except Exception as err:
                 tries += 1
-                delay = backoff(_RESUME, tries)
+                delay = _RESUME.delay(tries)
                 self._log.warning(
                     "rabbitmq queue not consumable; trying again", attempt=tries,
                     reason=explain(err, self._url, self._source.queue), retry_in=round(delay, 2),
@@ -286,7 +288,7 @@ class RabbitConnector:
         self._log.warning(
             "acknowledgement not sent; the broker will redeliver", count=count,
             disposition=None if disposition is None else disposition.value,
-            error=f"{type(err).__name__}: {err}"[:300], **context,
+            error=describe(err), **context,
         )
 
     async def stop(self) -> None:
@@ -300,7 +302,7 @@ class RabbitConnector:
             except Exception as err:
                 self._settle_failed(err)
         if connection is not None:
-            await close_quietly(connection)
+            await close_quietly(connection.close, timeout=CLOSE_TIMEOUT)
             self._log.info("rabbitmq connection closed")
 
     def _drop_inbox(self) -> None:

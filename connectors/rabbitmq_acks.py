@@ -13,6 +13,8 @@ import asyncio
 
 import aiormq
 
+from bridge.errors import describe
+
 
 class AckBatcher:
     """The acknowledgements of one AMQP channel, coalesced.
@@ -85,5 +87,5 @@ class AckError(Exception):
     """Acks that could not be sent (their channel died): the broker redelivers them."""
 
     def __init__(self, count: int, cause: BaseException) -> None:
-        super().__init__(f"{count} ack(s) not sent: {type(cause).__name__}: {cause}")
+        super().__init__(f"{count} ack(s) not sent: {describe(cause, None)}")
         self.count = count

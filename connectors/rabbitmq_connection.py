@@ -11,7 +11,6 @@ without the password (:func:`explain`), raised as :class:`RabbitSetupError`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import ssl
 import time
@@ -28,8 +27,11 @@ from yarl import URL
 
 from bridge.config import TlsConfig
 from bridge.logs import redact_url
+from bridge.tls import ssl_context
 
 _CONNECT_TIMEOUT = 10.0
+#: Bound of closing a connection (``close_quietly(connection.close, timeout=CLOSE_TIMEOUT)``).
+CLOSE_TIMEOUT = 10.0
 _RECONNECT_INITIAL = 1.0
 _RECONNECT_MAX = 30.0
 
@@ -60,20 +62,6 @@ def vhost_of(url: str) -> str:
     """The virtual host an AMQP URL names (as aiormq reads it)."""
     path = URL(url).path
     return "/" if path in ("", "/") else path[1:].replace("%2F", "/")
-
-
-def ssl_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
-    """A client TLS context from the config's CA / client cert files, or None (defaults)."""
-    if tls is None:
-        return None
-    context = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.cert_file:
-        password = tls.key_password.get_secret_value() if tls.key_password else None
-        context.load_cert_chain(tls.cert_file, tls.key_file, password=password)
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class ConsumerChannel(RobustChannel):
@@ -132,7 +120,7 @@ async def connect(
     """Open a connection (robust: reconnects by itself later); RabbitSetupError if not."""
     options: dict[str, Any] = {
         "timeout": _CONNECT_TIMEOUT,
-        "ssl_context": ssl_context(tls),
+        "ssl_context": None if tls is None else ssl_context(tls),
         "client_properties": {"connection_name": f"trigger-bridge {name}"},
     }
     try:
@@ -186,10 +174,3 @@ def scrub(text: str, url: str) -> str:
     """``text`` without the URL's password."""
     password = URL(url).password
     return text.replace(password, "***") if password else text
-
-
-async def close_quietly(connection: AbstractConnection) -> None:
-    """Close, whatever state it is in: nothing is left to save on a broken connection."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(10):
-            await connection.close()

@@ -38,6 +38,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from bridge import cloudevents
 from bridge.cloudevents import STRUCTURED, CloudEvent, CloudEventError, Problem
 from bridge.config import RabbitSource
+from bridge.errors import describe
 from bridge.events import Event, format_time
 
 EVENT_TYPE = "dev.triggerbridge.rabbitmq.message"
@@ -208,7 +209,7 @@ class EventMapper:
         except CloudEventError as err:
             event.defect = f"malformed CloudEvent: {err.reason(_WORDING)}"
         except Exception as err:
-            event.defect = f"cannot map message: {type(err).__name__}: {err}"[:300]
+            event.defect = f"cannot map message: {describe(err, None)}"[:300]
         if not event.id:
             event.id = self._id(message, headers)
         return event

@@ -37,12 +37,13 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
+from bridge.closing import close_quietly
 from bridge.config import ResolvedTrigger, TlsConfig
 from bridge.deadletter import Sink
 from bridge.logs import Logger, get_logger
 from bridge.redrive.letters import INVALID_MESSAGE, Letter, NotALetter, NotRedrivable, from_fields
 from bridge.redrive.sources import Item, SourceError
-from connectors.rabbitmq_connection import RabbitSetupError, close_quietly, connect, explain
+from connectors.rabbitmq_connection import CLOSE_TIMEOUT, RabbitSetupError, connect, explain
 from connectors.rabbitmq_mapping import CE_PREFIXES, VOLATILE_HEADERS
 from connectors.rabbitmq_sink import RabbitPublishSink, _amqp_value
 
@@ -83,7 +84,7 @@ class RabbitLetters:
             channel = await connection.channel(publisher_confirms=False)
             queue = await channel.declare_queue(self.queue, passive=True)
         except Exception as err:
-            await close_quietly(connection)
+            await close_quietly(connection.close, timeout=CLOSE_TIMEOUT)
             raise SourceError(explain(err, self._url)) from None
         self._connection, self._queue = connection, queue
         self._total = int(queue.declaration_result.message_count or 0)
@@ -122,7 +123,7 @@ class RabbitLetters:
         with contextlib.suppress(Exception):
             for message in held:  # back in the queue (a closing channel would do it too)
                 await message.nack(requeue=True)
-        await close_quietly(connection)
+        await close_quietly(connection.close, timeout=CLOSE_TIMEOUT)
 
 
 def letter_of(message: AbstractIncomingMessage, position: str) -> Letter:
@@ -186,7 +187,7 @@ class RabbitRepublisher:
             if opened is not None and not opened[0].is_closed and not opened[1].is_closed:
                 return opened[1]
             if opened is not None:
-                await close_quietly(opened[0])
+                await close_quietly(opened[0].close, timeout=CLOSE_TIMEOUT)
             source = trigger.config.rabbitmq
             assert source is not None
             url = source.url.get_secret_value()
@@ -195,14 +196,15 @@ class RabbitRepublisher:
                 channel = await connection.channel(publisher_confirms=True,
                                                    on_return_raises=True)
             except Exception as err:
-                await close_quietly(connection)
+                await close_quietly(connection.close, timeout=CLOSE_TIMEOUT)
                 raise RabbitSetupError(explain(err, url)) from None
             self._channels[trigger.name] = (connection, channel)
             return channel
 
     async def close(self) -> None:
         opened, self._channels = list(self._channels.values()), {}
-        await asyncio.gather(*(close_quietly(connection) for connection, _ in opened))
+        await asyncio.gather(*(close_quietly(connection.close, timeout=CLOSE_TIMEOUT)
+                               for connection, _ in opened))
 
 
 def _destination(letter: Letter, trigger: ResolvedTrigger) -> tuple[str, str]:

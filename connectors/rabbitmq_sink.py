@@ -26,12 +26,14 @@ import aiormq
 import aiormq.exceptions as amqp_errors
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
+from bridge.closing import close_quietly
 from bridge.config import RabbitSinkConfig, ResolvedTrigger, SinkConfig, TlsConfig
 from bridge.deadletter import DeadLetter, SinkRefused
+from bridge.errors import describe
 from bridge.logs import redact_url
 from connectors.rabbitmq_connection import (
+    CLOSE_TIMEOUT,
     RabbitSetupError,
-    close_quietly,
     connect,
     explain,
     refusal,
@@ -108,7 +110,7 @@ class RabbitPublishSink:
                 exchange = (channel.default_exchange if self._exchange_name == ""
                             else await channel.get_exchange(self._exchange_name, ensure=True))
             except Exception as err:
-                await close_quietly(connection)
+                await close_quietly(connection.close, timeout=CLOSE_TIMEOUT)
                 error = SinkRefused if refusal(err) else RabbitSetupError
                 raise error(f"dead-letter {explain(err, self._url)}") from None
             self._connection, self._channel, self._exchange = connection, channel, exchange
@@ -139,7 +141,7 @@ class RabbitPublishSink:
         connection = self._connection
         self._connection, self._channel, self._exchange = None, None, None
         if connection is not None:
-            await close_quietly(connection)
+            await close_quietly(connection.close, timeout=CLOSE_TIMEOUT)
 
 
 def _describe_publish(err: BaseException, url: str) -> str:
@@ -151,7 +153,7 @@ def _describe_publish(err: BaseException, url: str) -> str:
         return "the broker refused it (basic.nack)"
     if isinstance(err, TimeoutError):
         return f"no confirm within {_PUBLISH_TIMEOUT:g}s"
-    return scrub(f"{type(err).__name__}: {err}", url)[:300]
+    return scrub(describe(err, None), url)[:300]
 
 
 def dead_letter_message(record: DeadLetter) -> aio_pika.Message:

@@ -34,6 +34,7 @@ import aiohttp
 from bridge.config import BridgeConfig, ResolvedTrigger, SinkConfig
 from bridge.deadletter import DeadLetter, Sink, sink_key
 from bridge.dispatcher import Dispatcher, DispatchParts
+from bridge.errors import describe
 from bridge.events import Disposition, Event, Settler
 from bridge.invoker import Invoker
 from bridge.leadership import AlwaysLeader
@@ -143,7 +144,7 @@ class Redrive:
                     break
                 except Exception as err:  # the broker went away: finish what was read
                     self.counts.stopped = True
-                    self.report.problem(f"reading {self.source.name} failed: {_describe(err)}; "
+                    self.report.problem(f"reading {self.source.name} failed: {describe(err)}; "
                                         "what was not read stays where it is")
                     break
                 self.counts.read += 1
@@ -249,7 +250,7 @@ class Redrive:
             await item.settle(True)
         except Exception as err:
             self.report.problem(f"{letter.position}: done, but its removal was not recorded "
-                                f"({_describe(err)}); the next run sends it again")
+                                f"({describe(err)}); the next run sends it again")
 
     async def _dispatcher(self, trigger: ResolvedTrigger) -> Dispatcher:
         key = (trigger.name, trigger.function_name)
@@ -315,7 +316,7 @@ class Redrive:
                 await sink.start()
         except Exception as err:  # its writes connect again (and are retried)
             error = (f"no answer within {_SINK_START_TIMEOUT:g}s"
-                     if isinstance(err, TimeoutError) else _describe(err))
+                     if isinstance(err, TimeoutError) else describe(err))
             self.report.problem(f"dead-letter sink {name} not available yet: {error}")
         return _Noting(sink, name, self._written)
 
@@ -360,7 +361,7 @@ class Redrive:
                     if attempt == _PUBLISH_TRIES:
                         self.counts.failed += 1
                         self.report.failed(f"{letter.describe()}: not published "
-                                           f"({_describe(err)}); left in place")
+                                           f"({describe(err)}); left in place")
                         return
                     await asyncio.sleep(0.5 * 2 ** (attempt - 1))
                     try:
@@ -383,7 +384,7 @@ class Redrive:
         results = await asyncio.gather(*closing, return_exceptions=True)
         for result in results:
             if isinstance(result, Exception):
-                self._log.warning("close failed", error=_describe(result))
+                self._log.warning("close failed", error=describe(result))
         if self._session is not None:
             await self._session.close()
         await self.source.close()
@@ -426,8 +427,3 @@ def _recovered(source: LetterSource) -> int:
 
 async def _no_settle(event: Event, disposition: Disposition) -> None:
     """Settler of an event only built to check that it can be."""
-
-
-def _describe(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text}"[:300] if text else type(err).__name__
