@@ -43,7 +43,8 @@ from typing import Any
 STRUCTURED = "application/cloudevents+json"
 SPEC_VERSION = "1.0"
 REQUIRED = ("id", "source", "type")
-#: Context attributes with a place of their own in an Event (the rest are extensions).
+#: Context attributes with a place of their own in an Event (the rest are extensions:
+#: an extension of one of these names is ignored).
 CORE = frozenset({"specversion", "id", "source", "type", "time", "subject", "datacontenttype"})
 
 _NAME = re.compile(r"^[a-z0-9]+\Z")
@@ -123,10 +124,13 @@ def is_structured(content_type: str | None) -> bool:
 
 
 def is_json(content_type: str) -> bool:
-    """Whether data of this content type is JSON (``application/json``, ``text/json``
-    or any ``+json`` type), parameters allowed."""
-    media = _media_type(content_type)
-    return media in ("application/json", "text/json") or media.endswith("+json")
+    """Whether data of this content type is JSON, as the CloudEvents JSON format defines
+    it (section 3.1): the media subtype is ``json`` or ends in ``+json``
+    (``application/json``, ``text/json``, ``application/problem+json``), any case,
+    parameters allowed. The one rule of the bridge: structured-mode ``data`` and a cron
+    trigger's ``data`` are both encoded by it."""
+    _, slash, subtype = _media_type(content_type).partition("/")
+    return bool(slash) and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _media_type(content_type: str) -> str:

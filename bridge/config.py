@@ -40,6 +40,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from bridge.durations import parse_duration
+from bridge.headers import is_header_name, is_reserved
+from bridge.outcome import DEFAULT_RETRYABLE_STATUSES
 from bridge.retry import RetryPolicy
 from bridge.schedule import ScheduleError, parse_schedule
 from bridge.urls import password_forms, path_problem, server_problem, url_problem
@@ -148,7 +150,7 @@ class RetryConfig(Strict):
     multiplier: float = Field(2.0, ge=1.0, le=100.0)
     jitter: bool = True
     #: Non-5xx statuses that are retried (every 5xx always is).
-    retryable_statuses: frozenset[int] = frozenset({408, 409, 425, 429})
+    retryable_statuses: frozenset[int] = DEFAULT_RETRYABLE_STATUSES
 
     @field_validator("retryable_statuses")
     @classmethod
@@ -450,20 +452,13 @@ class FunctionConfig(Strict):
         return [self.url] if self.url else list(self.urls or [])
 
 
-_HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-#: Set by the bridge on every request; a static header may not replace them.
-_BRIDGE_HEADERS = frozenset(
-    {"content-type", "content-length", "host", "transfer-encoding", "connection",
-     "bridge-trigger", "bridge-attempt"}
-)
 
 
 def _check_static_header(name: str, value: str) -> None:
     """Reject what would break the request or be silently replaced (path: ``headers.NAME``)."""
-    if not _HEADER_TOKEN.match(name):
+    if not is_header_name(name):
         raise _FieldError(name, "not a valid HTTP header name")
-    lower = name.lower()
-    if lower in _BRIDGE_HEADERS or lower.startswith("ce-"):
+    if is_reserved(name):
         raise _FieldError(name, "set by the bridge on every request; it cannot be configured")
     if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
         raise _FieldError(name, "value contains control characters (CR, LF, ...)")

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from bridge.cloudevents import CORE
+
 
 class Disposition(enum.Enum):
     """How an event left the bridge; connectors turn it into ack/commit/reject."""
@@ -118,14 +120,8 @@ class Event:
             attrs["subject"] = self.subject
         if self.content_type:
             attrs["datacontenttype"] = self.content_type
-        attrs.update((k, v) for k, v in self.extensions.items() if k not in CONTEXT_ATTRIBUTES)
+        attrs.update((k, v) for k, v in self.extensions.items() if k not in CORE)
         return attrs
-
-
-#: Context attributes the Event carries as fields; an extension of the same name is ignored.
-CONTEXT_ATTRIBUTES = frozenset(
-    {"specversion", "id", "source", "type", "time", "subject", "datacontenttype"}
-)
 
 
 def format_time(moment: datetime) -> str:

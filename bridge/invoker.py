@@ -28,8 +28,10 @@ from collections.abc import Collection, Mapping
 import aiohttp
 
 from bridge import __version__
+from bridge.cloudevents import CORE, is_attribute_name
 from bridge.deadlines import Deadlines
-from bridge.events import CONTEXT_ATTRIBUTES, Event, format_time
+from bridge.events import Event, format_time
+from bridge.headers import is_header_name, is_reserved
 from bridge.outcome import (
     DEFAULT_RETRYABLE_STATUSES,
     Outcome,
@@ -39,7 +41,6 @@ from bridge.outcome import (
 )
 from bridge.pools import NoEndpoints, Target
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _UNSAFE = re.compile(r'[^\x21\x23-\x24\x26-\x7e]')
 #: The start of a refused answer's body kept as ``bridge-error-detail``; the rest is unread.
 _DETAIL_BYTES = 512
@@ -48,13 +49,8 @@ _DETAIL_BYTES = 512
 #: is left unread and its connection closed, so a function answering with gigabytes
 #: costs no memory and no time.
 BODY_BOUND = 64 * 1024
-#: Headers a message may not set on the request; the bridge owns them.
-_RESERVED = frozenset({"content-type", "content-length", "host", "transfer-encoding", "connection"})
-#: Set last by the bridge; a message header of the same name (any case) is dropped.
-_BRIDGE_OWNED = frozenset({"bridge-trigger", "bridge-attempt"})
-#: CloudEvents attribute names: lower-case ASCII letters and digits.
-_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+\Z")
 _NO_HEADERS: Mapping[str, str] = {}
+_NOTHING: frozenset[str] = frozenset()
 #: Sent on every invocation (a function's own ``headers`` may replace it).
 USER_AGENT = f"trigger-bridge/{__version__}"
 
@@ -83,9 +79,9 @@ def build_headers(
     """
     headers: dict[str, str] = {}
     if event.http_headers:
-        taken = _BRIDGE_OWNED | {n.lower() for n in static} if static else _BRIDGE_OWNED
+        taken = {n.lower() for n in static} if static else _NOTHING
         for name, value in event.http_headers.items():
-            if name.lower() not in taken and _passes_through(name, value):
+            if _passes_through(name, value) and name.lower() not in taken:
                 headers[name] = value
     if static:
         headers.update(static)
@@ -98,7 +94,7 @@ def build_headers(
     if event.subject is not None:
         headers["ce-subject"] = percent_encode(event.subject)
     for name, value in event.extensions.items():
-        if name not in CONTEXT_ATTRIBUTES and _ATTRIBUTE_NAME.match(name):
+        if name not in CORE and is_attribute_name(name):
             headers["ce-" + name] = percent_encode(value)
     if event.content_type:
         headers["Content-Type"] = _printable(event.content_type)
@@ -114,14 +110,10 @@ def _printable(text: str) -> str:
 
 
 def _passes_through(name: str, value: str) -> bool:
-    lower = name.lower()
-    return (
-        bool(_TOKEN.match(name))
-        and lower not in _RESERVED
-        and not lower.startswith("ce-")
-        and value.isascii()
-        and value.isprintable()
-    )
+    """A message header reaches the function: a valid name the bridge does not write
+    itself (:mod:`bridge.headers`), a printable ASCII value."""
+    return (is_header_name(name) and not is_reserved(name)
+            and value.isascii() and value.isprintable())
 
 
 class Invoker:

@@ -51,6 +51,7 @@ from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
+from bridge.cloudevents import is_json
 from bridge.config import CronSource, ResolvedTrigger
 from bridge.events import Disposition, Event, format_time
 from bridge.logs import Logger
@@ -332,17 +333,13 @@ class CronConnector:
 
 
 def encode_data(data: Any, content_type: str) -> bytes:
-    """The body for ``data``: a string is sent as-is unless the type is JSON."""
+    """The body for ``data``: a string is sent as-is unless the type is JSON
+    (:func:`bridge.cloudevents.is_json`: ``text/json`` is JSON too)."""
     if data is None:
         return b""
-    if isinstance(data, str) and not _is_json(content_type):
+    if isinstance(data, str) and not is_json(content_type):
         return data.encode()
     return json.dumps(data).encode()
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
 
 
 class _Mailbox:

@@ -35,11 +35,11 @@ from aiokafka.structs import ConsumerRecord
 from bridge import cloudevents
 from bridge.cloudevents import CloudEventError, Problem
 from bridge.events import Event, Settler
+from bridge.headers import is_header_name
 
 EVENT_TYPE = "dev.triggerbridge.kafka.record"
 HEADER_PREFIX = "kafka-header-"
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _PRINTABLE = re.compile(rb"^[\x20-\x7e\t]*\Z")
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -111,7 +111,7 @@ def _http_headers(headers: Headers) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers:
         lower = name.lower()
-        if lower == "content-type" or lower.startswith("ce_") or not _TOKEN.match(name):
+        if lower == "content-type" or lower.startswith("ce_") or not is_header_name(name):
             continue
         if not _PRINTABLE.match(value):
             continue

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.events import CONTEXT_ATTRIBUTES, Event, Settler
+from bridge.cloudevents import CORE
+from bridge.events import Event, Settler
 
 REDRIVE_ATTEMPTS = "bridge-redrive-attempts"
 REDRIVE_HISTORY = "bridge-redrive-history"
@@ -265,7 +266,7 @@ def to_event(letter: Letter, kind: str, settler: Settler) -> Event:
         content_type=attributes.get("datacontenttype"),
         time=time,
         subject=attributes.get("subject"),
-        extensions={k: v for k, v in attributes.items() if k not in CONTEXT_ATTRIBUTES},
+        extensions={k: v for k, v in attributes.items() if k not in CORE},
         http_headers=_http_headers(letter.headers, kind),
         ordering_key=key_text,
         partition=_partition(letter, kind),
