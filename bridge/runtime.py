@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -150,8 +151,8 @@ class Runtime:
         self._starting = True
         self._session = Invoker.session()
         self._invoker = Invoker(self._session)
-        await self.admin.start()
         try:
+            await self._start_admin()
             await self._start_all()
         except ConfigError:
             await self._release()
@@ -283,6 +284,17 @@ class Runtime:
             raise ConfigError(problems)
         for unit in units:
             self._launch(unit)
+
+    async def _start_admin(self) -> None:
+        """The admin server; a port it cannot take is a settings problem (exit 2)."""
+        try:
+            await self.admin.start()
+        except OSError as err:
+            where = f"{self.settings.admin_host}:{self.settings.admin_port}"
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            raise ConfigError([ConfigProblem(
+                "BRIDGE_ADMIN_PORT", f"cannot listen on {where}: {reason}"
+            )]) from None
 
     async def _release(self) -> None:
         """Close what a start-up that failed opened (no trigger runs yet): quietly, since

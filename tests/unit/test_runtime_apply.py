@@ -181,3 +181,22 @@ async def test_a_reloaded_file_applies_every_trigger_it_can(
         assert [t.name for t in composer.file.triggers] == ["a", "b", "explode-1", "c"]
     finally:
         await runtime.shutdown()
+
+
+def test_an_admin_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(TEXT.format(triggers=entries({"a": "1"})))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", "run", "--config", str(path)], cwd=ROOT,
+            env={**env, "BRIDGE_ADMIN_PORT": str(port), "BRIDGE_ADMIN_HOST": "127.0.0.1"},
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"BRIDGE_ADMIN_PORT: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
