@@ -57,7 +57,7 @@ def crd_text() -> str:
 
 def test_committed_crd_is_what_the_models_generate(crd_text: str) -> None:
     assert CRD_FILE.read_text() == crd_text, (
-        "deploy/crds/ drifted from bridge/config.py: regenerate with "
+        "deploy/crds/ drifted from bridge/config/: regenerate with "
         "python -m bridge schema --crd > deploy/crds/triggers.triggerbridge.dev.yaml")
 
 
