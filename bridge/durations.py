@@ -46,10 +46,3 @@ def _parse_text(text: str) -> float:
     if not text:
         raise ValueError("empty duration")
     return total
-
-
-def format_duration(seconds: float) -> str:
-    """Short human form used in summaries and logs."""
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"

@@ -40,7 +40,7 @@ import functools
 import re
 from bisect import bisect_left
 from calendar import isleap
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, timedelta
 from fractions import Fraction
@@ -434,18 +434,6 @@ class Schedule:
             else:
                 bad = middle
         return self.next_after(good)
-
-    def iter_after(self, after: datetime) -> Iterator[datetime]:
-        """Successive fire times strictly after ``after``."""
-        while True:
-            after = self.next_after(after)
-            yield after
-
-    @property
-    def every(self) -> float | None:
-        """Seconds between ticks for ``@every`` schedules, else None."""
-        matcher = self._matcher
-        return float(matcher.seconds) if isinstance(matcher, _Every) else None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.durations import format_duration, parse_duration
+from bridge.durations import parse_duration
 
 
 @pytest.mark.parametrize(
@@ -62,10 +62,3 @@ def test_invalid(value: object, message: str) -> None:
     with pytest.raises(ValueError, match=r".") as caught:
         parse_duration(value)
     assert message in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"), [(0.25, "250ms"), (0.001, "1ms"), (0, "0ms"), (1, "1s"), (90.5, "90.5s")]
-)
-def test_format(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text
