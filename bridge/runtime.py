@@ -122,7 +122,6 @@ class Runtime:
             metrics=self.metrics,
             log=self.log,
             leadership=leadership or AlwaysLeader(),
-            instance=settings.instance or "trigger-bridge",
         )
         self.units: dict[str, Unit] = {}
         #: Triggers of the config that could not be built (see :meth:`apply`).

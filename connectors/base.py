@@ -60,7 +60,6 @@ class ConnectorContext:
     metrics: Metrics
     log: Logger
     leadership: Leadership
-    instance: str = "trigger-bridge"
     _shared: dict[type[Any], Any] = field(default_factory=dict)
 
     def shared(self, kind: type[_T], factory: Callable[[], _T]) -> _T:

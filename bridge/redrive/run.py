@@ -87,8 +87,7 @@ class Redrive:
         self.interrupted = False
         self._log = log
         self._context = ConnectorContext(
-            metrics=Metrics(), log=log, leadership=AlwaysLeader(),
-            instance="trigger-bridge-redrive",
+            metrics=Metrics(), log=log, leadership=AlwaysLeader()
         )
         self._triggers = {t.name: t for t in config.triggers}
         self._session: aiohttp.ClientSession | None = None
