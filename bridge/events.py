@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from bridge.cloudevents import CORE
+from bridge.cloudevents import CORE, CloudEvent
 
 
 class Disposition(enum.Enum):
@@ -110,6 +110,27 @@ class Event:
             return False
         self._abandoned = True
         return task.cancel()
+
+    def adopt(
+        self, cloudevent: CloudEvent, transport: Mapping[str, str], time: datetime | None
+    ) -> None:
+        """The message already is ``cloudevent``: it keeps its own attributes.
+
+        Its ``id``, ``source``, ``type``, ``subject``, data and content type replace what
+        the source mapped; ``time`` is the source's choice (Kafka: the CloudEvent's own,
+        RabbitMQ: its own, else the message's ``timestamp``); the ``transport``
+        extensions (``kafka*``, ``amqp*``) are kept unless the CloudEvent has its own of
+        that name. One rule for every source (the Kafka and RabbitMQ mappings).
+        """
+        attributes = cloudevent.attributes
+        self.id = attributes["id"]
+        self.source = attributes["source"]
+        self.type = attributes["type"]
+        self.subject = attributes.get("subject")
+        self.time = time
+        self.data = cloudevent.data
+        self.content_type = cloudevent.content_type
+        self.extensions = {**transport, **cloudevent.extensions}
 
     def ce_attributes(self) -> dict[str, str]:
         """CloudEvents context attributes as strings (for headers and dead letters)."""

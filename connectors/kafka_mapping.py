@@ -137,15 +137,7 @@ def _apply_cloudevent(event: Event, kafka: dict[str, str]) -> None:
         cloudevent = cloudevents.from_binary(binary, event.data, event.content_type)
     else:
         return
-    attributes, own = cloudevent.attributes, cloudevent.extensions
-    event.id = attributes["id"]
-    event.source = attributes["source"]
-    event.type = attributes["type"]
-    event.subject = attributes.get("subject")
-    event.time = cloudevent.time
-    event.data = cloudevent.data
-    event.content_type = cloudevent.content_type
-    event.extensions = {**{k: v for k, v in kafka.items() if k not in own}, **own}
+    event.adopt(cloudevent, kafka, cloudevent.time)
 
 
 def _binary_attributes(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:

@@ -230,10 +230,12 @@ class EventMapper:
             "amqpredelivered": "true" if message.redelivered else "false",
         }
         cloudevent = self._cloudevent(message, headers)
-        if cloudevent is not None:
-            _apply(event, cloudevent)
-            extensions = {**extensions, **cloudevent.extensions}
-        event.extensions = extensions
+        if cloudevent is None:
+            event.extensions = extensions
+            return
+        # without a time of its own, the event keeps the message's timestamp
+        time = event.time if cloudevent.time is None else _utc(cloudevent.time)
+        event.adopt(cloudevent, extensions, time)
 
     @staticmethod
     def _cloudevent(
@@ -286,16 +288,3 @@ class EventMapper:
 def _header_safe(text: str) -> bool:
     """Printable ASCII only: anything else stays out of the request (not the dead letter)."""
     return text.isascii() and text.isprintable()
-
-
-def _apply(event: Event, cloudevent: CloudEvent) -> None:
-    """The message's own attributes and data; without ``time`` it keeps the timestamp."""
-    attributes = cloudevent.attributes
-    event.id = attributes["id"]
-    event.source = attributes["source"]
-    event.type = attributes["type"]
-    event.subject = attributes.get("subject")
-    if cloudevent.time is not None:
-        event.time = _utc(cloudevent.time)
-    event.data = cloudevent.data
-    event.content_type = cloudevent.content_type

@@ -10,14 +10,20 @@ import asyncio
 import json
 import random
 import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aio_pika import IncomingMessage
 from aiokafka.structs import ConsumerRecord
+from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
+from pamqp.header import ContentHeader
 
 from bridge import cloudevents
 from bridge.closing import close_quietly
-from bridge.config import ConfigError, TlsConfig, parse_config
+from bridge.config import ConfigError, RabbitSource, TlsConfig, parse_config
 from bridge.errors import describe
 from bridge.events import Event
 from bridge.headers import is_header_name, is_reserved
@@ -27,6 +33,7 @@ from bridge.retry import Backoff, RetryPolicy, backoff
 from bridge.tls import ssl_context
 from connectors.cron import encode_data
 from connectors.kafka_mapping import HEADER_PREFIX, record_event
+from connectors.rabbitmq_mapping import EventMapper
 
 # --- HTTP header names (bridge.headers) ------------------------------------------------
 
@@ -287,3 +294,70 @@ def test_tls_context_names_a_missing_file(tmp_path: Path) -> None:
     not_a_cert.write_text("not a certificate")
     with pytest.raises(ssl.SSLError):
         ssl_context(TlsConfig(cert_file=str(not_a_cert), key_file=str(not_a_cert)))
+
+
+# --- a message that already is a CloudEvent (Event.adopt) ------------------------------
+
+_OWN_EVENT = {
+    "specversion": "1.0", "id": "own-1", "source": "/orders", "type": "order.created",
+    "subject": "order-7", "datacontenttype": "text/plain", "data": "hello",
+    "kafkatopic": "own-topic", "amqpexchange": "own-exchange", "traceparent": "00-ab",
+}
+
+
+def _kafka_event(envelope: dict[str, str]) -> Event:
+    record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+        topic="orders", partition=3, offset=42, timestamp=1_700_000_000_123, timestamp_type=0,
+        key=b"k1", value=json.dumps(envelope).encode(), checksum=None, serialized_key_size=0,
+        serialized_value_size=0, headers=[("content-type", b"application/cloudevents+json")],
+    )
+    return record_event("t", record, _no_settle)
+
+
+def _rabbit_event(envelope: dict[str, str]) -> Event:
+    body = json.dumps(envelope).encode()
+    frame = spec.Basic.Deliver(consumer_tag="c", delivery_tag=1, redelivered=False,
+                               exchange="jobs", routing_key="jobs.new")
+    properties = spec.Basic.Properties(content_type="application/cloudevents+json",
+                                       timestamp=datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+    header = ContentHeader(properties=properties, body_size=len(body))
+    message = IncomingMessage(DeliveredMessage(delivery=frame, header=header, body=body,
+                                               channel=None))  # type: ignore[arg-type]
+    source = RabbitSource(url="amqp://u:p@h/", queue="jobs")  # type: ignore[arg-type]
+    return EventMapper("t", source, "/")(message, _no_settle)
+
+
+@pytest.mark.parametrize(
+    ("mapping", "transport", "overridden"),
+    [
+        pytest.param(_kafka_event, {"kafkapartition": "3", "kafkaoffset": "42",
+                                    "partitionkey": "k1"}, "kafkatopic", id="kafka"),
+        pytest.param(_rabbit_event, {"amqproutingkey": "jobs.new", "amqpredelivered": "false"},
+                     "amqpexchange", id="rabbitmq"),
+    ],
+)
+def test_a_cloudevent_keeps_its_own_attributes_in_every_mapping(
+    mapping: Callable[[dict[str, str]], Event], transport: dict[str, str], overridden: str
+) -> None:
+    event = mapping(_OWN_EVENT)
+    assert event.defect is None
+    assert (event.id, event.source, event.type, event.subject) == (
+        "own-1", "/orders", "order.created", "order-7")
+    assert (event.data, event.content_type) == (b"hello", "text/plain")
+    # the transport's extensions stay, unless the CloudEvent has its own of that name
+    for name, value in transport.items():
+        assert event.extensions[name] == value
+    assert event.extensions[overridden] == _OWN_EVENT[overridden]
+    assert event.extensions["traceparent"] == "00-ab"
+
+
+def test_the_time_rule_is_each_source_s_own() -> None:
+    # Kafka: the CloudEvent's own time only; RabbitMQ: else the message's timestamp
+    assert _kafka_event(_OWN_EVENT).time is None
+    assert _rabbit_event(_OWN_EVENT).time == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    timed = {**_OWN_EVENT, "time": "2026-03-08T09:30:00+02:00"}
+    assert _kafka_event(timed).time == datetime.fromisoformat("2026-03-08T09:30:00+02:00")
+    rabbit_time = _rabbit_event(timed).time
+    assert rabbit_time is not None
+    assert rabbit_time.utcoffset() == timedelta(0)
+    assert rabbit_time == datetime(2026, 3, 8, 7, 30, tzinfo=UTC)
