@@ -101,7 +101,7 @@ async def pick_overhead(calls: int) -> dict[str, object]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    session = Invoker.session()
+    session = Invoker.new_session()
     durations = []
     try:
         for _ in range(calls):

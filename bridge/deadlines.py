@@ -22,14 +22,14 @@ _SLACK = 0.001
 class Expiry:
     """One operation's deadline."""
 
-    __slots__ = ("expired", "settled", "task", "when")
+    __slots__ = ("expired", "task", "uncancelled", "when")
 
     def __init__(self, task: asyncio.Task[object], when: float) -> None:
         self.task = task
         self.when = when
-        #: The deadline cancelled the task; ``settled`` once that cancel was taken back.
+        #: The deadline cancelled the task; ``uncancelled`` once that cancel was taken back.
         self.expired = False
-        self.settled = False
+        self.uncancelled = False
 
 
 class Deadlines:
@@ -57,17 +57,17 @@ class Deadlines:
         the operation swallowed the ``CancelledError``: it must not stay on the task.
         """
         self._pending.pop(expiry, None)
-        if expiry.expired and not expiry.settled:
-            expiry.settled = True
+        if expiry.expired and not expiry.uncancelled:
+            expiry.uncancelled = True
             expiry.task.uncancel()
 
     @staticmethod
     def expired(expiry: Expiry) -> bool:
         """Called on ``CancelledError``: True when this deadline caused it and nothing
         else cancelled the task meanwhile (the task is then uncancelled)."""
-        if not expiry.expired or expiry.settled:
+        if not expiry.expired or expiry.uncancelled:
             return False
-        expiry.settled = True
+        expiry.uncancelled = True
         return expiry.task.uncancel() == 0
 
     def _fire(self) -> None:

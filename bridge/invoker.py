@@ -125,7 +125,7 @@ class Invoker:
         self._deadlines: dict[float, Deadlines] = {}
 
     @classmethod
-    def session(cls, limit: int = 0) -> aiohttp.ClientSession:
+    def new_session(cls, limit: int = 0) -> aiohttp.ClientSession:
         """The shared session: no global connection cap (quotas live in Target)."""
         connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=30, enable_cleanup_closed=True)
         return aiohttp.ClientSession(

@@ -148,7 +148,7 @@ class Runtime:
 
     async def start(self) -> None:
         self._starting = True
-        self._session = Invoker.session()
+        self._session = Invoker.new_session()
         self._invoker = Invoker(self._session)
         try:
             await self._start_admin()

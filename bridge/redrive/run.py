@@ -255,7 +255,7 @@ class Redrive:
         key = (trigger.name, trigger.function_name)
         if key not in self._dispatchers:
             if self._invoker is None:
-                self._session = Invoker.session()
+                self._session = Invoker.new_session()
                 self._invoker = Invoker(self._session)
             sink, fallback = await self._dead_letter_sinks(trigger)
             parts = DispatchParts(

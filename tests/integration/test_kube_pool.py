@@ -63,7 +63,7 @@ triggers:
             overflow_url=spec.overflow.url if spec.overflow else None,
             overflow_after=spec.overflow.after if spec.overflow else 0.25,
         )
-        session = Invoker.session()
+        session = Invoker.new_session()
         self.closers += [target, session]
         parts = DispatchParts(target, Invoker(session), file_sink(resolved.dead_letter, resolved),
                               self.context.metrics, self.context.log)

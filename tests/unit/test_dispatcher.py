@@ -121,7 +121,7 @@ class Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    async with RecordingFunction() as fn, Invoker.session() as session:
+    async with RecordingFunction() as fn, Invoker.new_session() as session:
         yield Rig(fn, session)
 
 

@@ -215,7 +215,7 @@ def test_content_type() -> None:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with Invoker.session() as client:
+    async with Invoker.new_session() as client:
         yield client
 
 
