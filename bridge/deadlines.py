@@ -1,10 +1,11 @@
 """Timeouts of one length for many concurrent operations, on a single timer.
 
 ``asyncio.timeout`` schedules and cancels a timer handle on every use, mostly in Python
-code (~4 µs, about as much as the rest of the dispatcher's work on an event). Every
-attempt of a trigger has the same timeout, so deadlines arrive in the order they are
-set: keeping them in an insertion-ordered dict, one timer for the oldest serves them all,
-and starting or finishing an operation is a dict insert or delete.
+code, which costs about as much as the rest of the dispatcher's work on an event
+(docs/benchmarks.md). Every attempt of a trigger has the same timeout, so deadlines
+arrive in the order they are set: keeping them in an insertion-ordered dict, one timer
+for the oldest serves them all, and starting or finishing an operation is a dict insert
+or delete.
 
 Semantics are those of ``asyncio.timeout``: on expiry the task is cancelled; the
 operation sees ``CancelledError`` and :meth:`Deadlines.expired` tells a timeout (it

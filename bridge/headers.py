@@ -1,10 +1,11 @@
 """HTTP header names: what a valid one is, and which ones the bridge keeps for itself.
 
-One rule for the three places that decide whether a header may be sent: a function's
+One rule for every place that decides whether a header may be sent: a function's
 configured ``headers`` (rejected at load, :mod:`bridge.config`), a message's own
 headers passed through to the function (dropped when not allowed,
 :mod:`bridge.invoker`), and Kafka record headers offered as ``kafka-header-<name>``
-(:mod:`connectors.kafka_mapping`).
+(:mod:`connectors.kafka_mapping`, and :mod:`bridge.redrive.letters` rebuilding them
+from a dead letter).
 
 - A header name is an RFC 9110 *token*: ``!#$%&'*+-.^_`|~``, ASCII letters and digits.
 - :data:`TRANSPORT_HEADERS` are written by the HTTP layer for the request itself, and

@@ -5,9 +5,9 @@ there are no module-level collectors, so tests and embedded uses never collide.
 
 Per-trigger figures (events, invocations, retries, dead letters, cron) live in a
 plain :class:`TriggerStats` object per trigger and are exported by a custom collector
-at scrape time. prometheus_client's labelled children cost ~1 KB and a lock per series;
-with 10,000 cron triggers that was 160 MB and most of a full GC pass. Plain integers
-updated from the event loop's one thread need no lock and make the hot path cheaper.
+at scrape time: prometheus_client's labelled children hold memory and a lock per series,
+too much with thousands of triggers (figures: docs/benchmarks.md, *Cron*). Plain
+integers updated from the event loop's one thread need no lock.
 Connector metrics with few series stay ordinary prometheus_client collectors.
 """
 

@@ -345,8 +345,8 @@ def encode_data(data: Any, content_type: str) -> bytes:
 class _Mailbox:
     """A minimal unbounded queue: a list and one waiter.
 
-    An ``asyncio.Queue`` costs ~2 KB; with one per cron trigger and 10,000 triggers
-    that is memory for nothing. Only one consumer (the trigger's pump) ever waits.
+    There is one per cron trigger, so it is smaller than an ``asyncio.Queue`` (see
+    docs/benchmarks.md, *Cron*). Only one consumer (the trigger's pump) ever waits.
     """
 
     __slots__ = ("_items", "_waiter")

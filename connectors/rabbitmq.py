@@ -15,8 +15,7 @@ the message to the queue's own ``x-dead-letter-exchange``; the sink's ``write`` 
 stores nothing (:class:`~connectors.rabbitmq_sink.RejectSink`), the reject *is* the
 dead-letter write. Acks are coalesced per event-loop iteration
 (:class:`~connectors.rabbitmq_acks.AckBatcher`): a run of settled deliveries goes as
-one ``basic.ack(multiple=true)``, which halves the ack frames under load (the profile
-of the benchmark showed per-message acks as the largest cost the bridge could remove).
+one ``basic.ack(multiple=true)``, which halves the ack frames under load.
 An ack or reject for a delivery whose channel died (reconnect) cannot be sent: it is
 logged and counted, and the broker redelivers the message with the same CloudEvent id.
 

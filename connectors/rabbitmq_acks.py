@@ -1,10 +1,10 @@
 """Acknowledgements of one AMQP channel, coalesced into ``basic.ack(multiple=true)`` runs.
 
 The connector acks a delivery once it is settled (``DELIVERED``, or ``DEAD_LETTERED``
-after a confirmed dead-letter publish). Per-message acks were the largest cost the
-bridge could remove (benchmark profile): :class:`AckBatcher` sends the acks settled in
+after a confirmed dead-letter publish). :class:`AckBatcher` sends the acks settled in
 one event-loop iteration together, which halves the ack frames under load without
-holding any ack back longer than that iteration.
+holding any ack back longer than that iteration (what it saves: docs/benchmarks.md,
+*RabbitMQ*).
 """
 
 from __future__ import annotations

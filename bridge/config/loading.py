@@ -96,7 +96,7 @@ def validate_trigger(
     return trigger
 
 
-#: libyaml's parser when PyYAML has it (about 10x faster on big files), else pure Python;
+#: libyaml's parser when PyYAML has it (faster on big files), else pure Python;
 #: both build objects with the safe constructor.
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

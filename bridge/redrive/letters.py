@@ -27,6 +27,7 @@ from typing import Any
 
 from bridge.cloudevents import CORE
 from bridge.events import Event, Settler
+from bridge.headers import is_header_name
 
 REDRIVE_ATTEMPTS = "bridge-redrive-attempts"
 REDRIVE_HISTORY = "bridge-redrive-history"
@@ -37,7 +38,6 @@ _DETAIL_KEEP = 200
 #: ``bridge-error`` of a message the bridge could not read (not invoked, see to_event).
 INVALID_MESSAGE = "invalid_message"
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _PRINTABLE = re.compile(rb"^[\x20-\x7e\t]*\Z")
 #: HTTP headers the connectors give the function for the message's own headers.
 _KAFKA_HEADER, _AMQP_HEADER = "kafka-header-", "amqp-header-"
@@ -292,7 +292,7 @@ def _http_headers(headers: Headers, kind: str) -> dict[str, str]:
     (``kafka-header-<name>``, ``amqp-header-<name>``): token names, printable values."""
     out: dict[str, str] = {}
     for name, value in headers:
-        if not _TOKEN.match(name) or not _PRINTABLE.match(value):
+        if not is_header_name(name) or not _PRINTABLE.match(value):
             continue
         if kind == "kafka":
             lower = name.lower()
