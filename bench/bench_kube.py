@@ -33,12 +33,9 @@ from bridge.config import KubernetesTarget  # noqa: E402
 from bridge.invoker import Invoker  # noqa: E402
 from bridge.kube.client import KubeClient  # noqa: E402
 from bridge.kube.pool import KubernetesPool  # noqa: E402
-from bridge.leadership import AlwaysLeader  # noqa: E402
 from bridge.logs import configure, get_logger  # noqa: E402
-from bridge.metrics import Metrics  # noqa: E402
 from bridge.pools import BalancedPool  # noqa: E402
 from bridge.settings import Settings  # noqa: E402
-from connectors.base import ConnectorContext  # noqa: E402
 from tests.support.kube_api import KubeApi, endpoint_slice  # noqa: E402
 
 SLICES = "endpointslices.discovery.k8s.io"
@@ -62,9 +59,8 @@ async def endpoint_change(changes: int) -> dict[str, object]:
         with tempfile.TemporaryDirectory() as tmp:
             settings = Settings(kubeconfig=str(api.kubeconfig(Path(tmp))))
             log = get_logger()
-            context = ConnectorContext(Metrics(), log, AlwaysLeader())
             client = KubeClient(settings, log)
-            pool = KubernetesPool("fn", KubernetesTarget(service="fn"), client, context)
+            pool = KubernetesPool("fn", KubernetesTarget(service="fn"), client, log)
             api.put(SLICES, endpoint_slice("fn", [("10.0.0.1", True)], [("http", 8080)], "a"))
             pool.start()
             await until(lambda: any(e.ready for e in pool.endpoints))

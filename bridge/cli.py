@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -20,10 +18,9 @@ from pydantic import ValidationError
 
 from bridge import __version__
 from bridge.config import BridgeConfig, ConfigError, load_config, problems_from
+from bridge.exit_codes import EXIT_OK, EXIT_USAGE
 from bridge.schedule import ScheduleError, parse_schedule
 from bridge.settings import Settings
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,62 +129,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bridge.daemon import serve
     from bridge.logs import configure
 
     settings = _settings()
     path, config = _config(args.config, settings)
     configure(settings.log_format, settings.log_level)
-    return asyncio.run(_serve(config, settings, path))
-
-
-async def _serve(config: BridgeConfig, settings: Settings, path: str | None = None) -> int:
-    from bridge.reload import wire
-    from bridge.runtime import Runtime
-
-    stop = stop_on_signals()
-    runtime = Runtime(config, settings)
-    wire(runtime, path)  # config reload (file, SIGHUP); Lease and Trigger resources if enabled
     try:
-        await runtime.start()
+        return asyncio.run(serve(config, settings, path))
     except ConfigError as err:  # a trigger whose settings its connector or sink refused
         raise _UsageError([str(p) for p in err.problems]) from None
-    await asyncio.sleep(0)  # let every pump reach its first wait
-    tune_gc()
-    try:
-        await stop.wait()
-    finally:
-        await runtime.shutdown()
-    return EXIT_OK
-
-
-def tune_gc() -> None:
-    """Keep the garbage collector from pausing the event loop.
-
-    What start-up built (config, triggers, schedules, waiting pumps) lives as long as the
-    process: ``gc.freeze`` keeps it out of every later pass. Each trigger also keeps a
-    few long-lived objects (its pump's current wait, its stats), so full passes stay
-    costly with many triggers (0.1-0.5 s with 10,000, seen as cron fire-lag spikes);
-    they are made rare, while young collections, which catch the short cycles of
-    request handling, stay frequent.
-    """
-    gc.freeze()
-    gc.set_threshold(10_000, 50, 100)
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT; a second signal exits at once."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            print(f"second {signal.Signals(signum).name}: exiting now", file=sys.stderr)
-            raise SystemExit(EXIT_FAILURE)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    return stop
 
 
 def _demo(args: argparse.Namespace) -> int:

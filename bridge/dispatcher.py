@@ -42,7 +42,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -66,29 +66,29 @@ class Draining(Exception):
     """Raised inside a backoff wait when the dispatcher is told to stop."""
 
 
-@dataclass(frozen=True, slots=True)
-class DispatchParts:
-    """What a dispatcher needs from the engine (built once per trigger)."""
-
-    target: Target
-    invoker: Invoker
-    sink: Sink
-    metrics: Metrics
-    log: Logger
-    #: ``dead_letter.fallback``: takes the records ``sink`` refuses for good.
-    fallback: Sink | None = None
-
-
 class Dispatcher:
     def __init__(
         self,
         trigger: ResolvedTrigger,
-        parts: DispatchParts,
+        *,
+        target: Target,
+        invoker: Invoker,
+        sink: Sink,
+        metrics: Metrics,
+        log: Logger,
+        fallback: Sink | None = None,
         ordering: Ordering = "none",
         max_unsettled: int | None = None,
     ) -> None:
+        """``sink`` takes the trigger's dead letters, ``fallback`` (``dead_letter.fallback``)
+        those ``sink`` refuses for good; ``max_unsettled`` bounds the events open at once
+        (None: 4 x concurrency, at least 256)."""
         self.trigger = trigger
-        self._parts = parts
+        self._target = target
+        self._invoker = invoker
+        self._sink = sink
+        self._fallback = fallback
+        self._root_log = log
         self._ordering = ordering
         self._policy = trigger.retry.policy()
         self._retryable = trigger.retry.retryable_statuses
@@ -116,16 +116,16 @@ class Dispatcher:
         self.blocked = 0
         self._stop_event: asyncio.Event | None = None  # created by the first backoff wait
         name, function = trigger.name, trigger.function_name
-        self._stats = parts.metrics.trigger(name, function)
+        self._stats = metrics.trigger(name, function)
         self._bound_log: Logger | None = None
         #: A line per attempt only at debug level; checked once, not per attempt.
-        self._debug = parts.log.is_enabled_for(logging.DEBUG)
+        self._debug = log.is_enabled_for(logging.DEBUG)
 
     @property
     def _log(self) -> Logger:
         """Bound on first use: most triggers never log, and 10,000 bindings add up."""
         if self._bound_log is None:
-            self._bound_log = self._parts.log.bind(
+            self._bound_log = self._root_log.bind(
                 trigger=self.trigger.name, function=self.trigger.function_name
             )
         return self._bound_log
@@ -333,8 +333,8 @@ class Dispatcher:
     async def _attempt(self, event: Event, attempt: int) -> Outcome:
         self._stats.in_flight += 1
         try:
-            outcome = await self._parts.invoker.invoke(
-                self._parts.target, event, attempt, self.trigger.timeout, self._retryable
+            outcome = await self._invoker.invoke(
+                self._target, event, attempt, self.trigger.timeout, self._retryable
             )
         except Exception as err:  # the invoker never raises for a failed attempt: a bug
             self._bug(event, err)
@@ -379,7 +379,7 @@ class Dispatcher:
         reason at every try, and still retried (from the main sink) so that it goes
         through once an operator fixes the sink or adds a fallback (a reload).
         """
-        primary, fallback = self._parts.sink, self._parts.fallback
+        primary, fallback = self._sink, self._fallback
         sink, written, failures, blocked = primary, record, 0, False
         try:
             while True:

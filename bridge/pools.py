@@ -37,6 +37,23 @@ class Pool(Protocol):
     async def wait_ready(self) -> None:
         """Return once at least one endpoint is ready."""
 
+    async def close(self) -> None:
+        """Let go of what the pool holds (nothing, for a static pool)."""
+
+
+class WatchedPool(Pool, Protocol):
+    """A pool that keeps its endpoints current from a watch (the Kubernetes pool).
+
+    The runtime runs :meth:`run` under its supervisor while the function is in use.
+    """
+
+    @property
+    def ready(self) -> bool:
+        """True once the endpoints are known (feeds ``/readyz`` as ``function:<name>``)."""
+
+    async def run(self) -> None:
+        """Watch the endpoints until cancelled."""
+
 
 class BalancedPool:
     """Fewest-outstanding balancing over a mutable endpoint set; ties rotate.
@@ -68,6 +85,9 @@ class BalancedPool:
         while not self._ready:
             self._changed.clear()
             await self._changed.wait()
+
+    async def close(self) -> None:
+        """Nothing to let go of."""
 
     def replace(self, urls: Mapping[str, bool]) -> None:
         """Set the endpoint set to ``urls`` (url -> ready), keeping outstanding counts."""
@@ -158,6 +178,4 @@ class Target:
 
     async def close(self) -> None:
         with suppress(Exception):
-            closer = getattr(self.pool, "close", None)
-            if closer is not None:
-                await closer()
+            await self.pool.close()

@@ -4,7 +4,8 @@ The running configuration is *composed*: the config file's functions and trigger
 plus those of every other :class:`TriggerSource` (the Trigger custom resources of
 :mod:`bridge.kube.triggers`). Each change -- a new file, a Trigger added, changed or
 deleted -- recomposes it and hands it to :meth:`Runtime.apply`, which restarts only
-the triggers whose resolved settings changed.
+the triggers whose resolved settings changed. (:mod:`bridge.daemon` puts the pieces
+together: the composer applies to the runtime, the reloader is one of its services.)
 
 The file is checked every ``BRIDGE_RELOAD_INTERVAL`` (its resolved path and stat:
 a mounted ConfigMap is swapped by re-pointing its ``..data`` symlink, which changes
@@ -21,7 +22,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from bridge.config import (
     BridgeConfig,
@@ -32,9 +33,6 @@ from bridge.config import (
     secrets_of,
 )
 from bridge.logs import Logger, redact
-
-if TYPE_CHECKING:
-    from bridge.runtime import Runtime
 
 
 class TriggerSource(Protocol):
@@ -95,7 +93,7 @@ def file_signature(path: str) -> tuple[str, int, int, int] | None:
 
 
 class ConfigReloader:
-    """Reloads ``path`` when it changes (polled) or on SIGHUP. ``start``/``stop`` repeatable."""
+    """Reloads ``path`` when it changes (polled) or on SIGHUP, while :meth:`run` runs."""
 
     def __init__(self, path: str, composer: Composer, interval: float, log: Logger) -> None:
         self._path = path
@@ -104,48 +102,42 @@ class ConfigReloader:
         self._log = log.bind(config=path)
         self._signature = file_signature(path)
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._sighup = False
 
-    async def start(self) -> None:
-        if self._task is not None and not self._task.done():
-            return
+    async def run(self) -> None:
+        """Check the file every ``interval`` and at once on SIGHUP, until cancelled."""
+        loop = asyncio.get_running_loop()
+        sighup = False
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
-            self._sighup = True
-        self._task = asyncio.create_task(self._run(), name="config-reload")
-
-    async def stop(self) -> None:
-        if self._sighup:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            self._sighup = False
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            sighup = True
+        try:
+            while True:
+                await self._next_change()
+        finally:
+            if sighup:
+                loop.remove_signal_handler(signal.SIGHUP)
 
     def _on_sighup(self) -> None:
         self._log.info("SIGHUP: reloading the config file")
         self._signature = None
         self._wake.set()
 
-    async def _run(self) -> None:
-        while True:
-            timeout = self._interval if self._interval > 0 else None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            self._wake.clear()
-            signature = file_signature(self._path)
-            if signature is None or signature == self._signature:
-                continue
-            self._signature = signature
-            try:
-                await self.reload()
-            except Exception as err:
-                error = redact(f"{type(err).__name__}: {err}", secrets_of(self._composer.file))
-                self._log.error("config reload failed", error=error[:400])
+    async def _next_change(self) -> None:
+        """Wait for the interval or a SIGHUP; reload if the file changed."""
+        timeout = self._interval if self._interval > 0 else None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        self._wake.clear()
+        signature = file_signature(self._path)
+        if signature is None or signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            await self.reload()
+        except Exception as err:
+            error = redact(f"{type(err).__name__}: {err}", secrets_of(self._composer.file))
+            self._log.error("config reload failed", error=error[:400])
 
     async def reload(self) -> bool:
         """Load and apply the file; False (and the old config kept) when it is invalid."""
@@ -170,18 +162,3 @@ class ConfigReloader:
             failed=sorted(n for n in failures if n in after),
         )
         return True
-
-
-def wire(runtime: Runtime, config_path: str | None) -> Composer:
-    """Give ``runtime`` live config: file reload, and the Kubernetes features if enabled."""
-    composer = Composer(runtime.apply, runtime.config, runtime.log)
-    if config_path:
-        runtime.services.append(
-            ConfigReloader(config_path, composer, runtime.settings.reload_interval, runtime.log)
-        )
-    settings = runtime.settings
-    if settings.leader_election or settings.watch_triggers:
-        from bridge.kube import attach
-
-        attach(runtime, composer)
-    return composer

@@ -1,16 +1,26 @@
 """The daemon's lifecycle: build every trigger, run it, drain it.
 
-Shape (after kopf's reactor): a handful of named root tasks -- one *pump* per trigger
-(connector -> dispatcher) and the admin server -- under one :class:`Runtime`. A signal
-sets the stop event; then cron stops firing (a Lease stays held), intake stops (pumps
-are cancelled), in-flight work drains within ``BRIDGE_DRAIN_TIMEOUT``, connectors settle
-and close (commit, ack), the Lease is released (so the next leader cannot overlap a run
-of ours), sinks and clients close, and the process exits 0. The whole stop fits in
-``BRIDGE_DRAIN_TIMEOUT`` + 5 s: every step after the drain is cut off at that budget.
-A pump whose connector fails to start or breaks is restarted with backoff and logs
-why; its trigger reads not-ready meanwhile. Nothing runs unsupervised.
+:class:`Runtime` is given everything it works with in its constructor (the daemon,
+:mod:`bridge.daemon`, assembles them): the :class:`~bridge.supervisor.Supervisor` that
+runs its loops, the cron leadership, the *services* (loops started after the triggers
+and stopped before them: config reload, the Trigger watch and its status writer), the
+readiness probes, and the factory of Kubernetes endpoint pools (so the engine never
+imports :mod:`bridge.kube`). Nothing assigns them afterwards.
 
-Triggers are units keyed by name, so a config reload or a Trigger resource change can
+Every loop runs under the supervisor: one *pump* per trigger (connector ->
+dispatcher, ``pump:<trigger>``), the leadership's, the services and each Kubernetes
+pool's endpoint watch (``endpoints:<function>``). A pump whose connector fails to start
+or breaks restarts the connector with backoff and logs why; its trigger reads not-ready
+meanwhile. A bug in any loop is the supervisor's: logged, counted, restarted.
+
+The stop (:meth:`Runtime.shutdown`, after a signal): cron stops firing (a Lease stays
+held), the services stop, intake stops (pumps are cancelled), in-flight work drains
+within ``BRIDGE_DRAIN_TIMEOUT``, connectors settle and close (commit, ack), the Lease
+is released (so the next leader cannot overlap a run of ours), sinks, pools and clients
+close, and the process exits 0. The whole stop fits in ``BRIDGE_DRAIN_TIMEOUT`` + 5 s:
+every step after the drain is cut off at that budget.
+
+Running triggers are keyed by name, so a config reload or a Trigger resource change can
 add, replace or remove one without touching the others (:meth:`Runtime.apply`). A
 trigger that cannot be *built* (its connector or sink refuses the settings) stops the
 start-up (a config problem: the CLI exits 2 naming it); after that it is one trigger
@@ -18,10 +28,11 @@ down, reported (log, ``/readyz``, its Trigger's status), while the others run on
 
 Dead-letter sinks are shared by the triggers whose sink settings are equal, compared by
 their real values (:func:`~bridge.deadletter.sink_key`: a password or virtual host of
-its own is a sink of its own). Each unit holds the keys of its sinks; after an apply,
-a sink no unit holds any more is closed, so a rotated credential or a removed sink
-leaves no connection behind.
+its own is a sink of its own). Each running trigger holds the keys of its sinks; after
+an apply, a sink no running trigger holds any more is closed, so a rotated credential
+or a removed sink leaves no connection behind.
 """
+
 
 from __future__ import annotations
 
@@ -29,9 +40,11 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from functools import partial
+from typing import Protocol
 
 import aiohttp
 
@@ -41,19 +54,21 @@ from bridge.config import (
     ConfigError,
     ConfigProblem,
     FunctionConfig,
+    KubernetesTarget,
     ResolvedTrigger,
     SinkConfig,
     secrets_of,
 )
 from bridge.deadletter import Sink, sink_key
-from bridge.dispatcher import Dispatcher, DispatchParts
+from bridge.dispatcher import Dispatcher
 from bridge.invoker import Invoker
 from bridge.leadership import AlwaysLeader, Leadership
 from bridge.logs import Logger, get_logger, redact
 from bridge.metrics import Metrics
-from bridge.pools import BalancedPool, Pool, Target
+from bridge.pools import BalancedPool, Pool, Target, WatchedPool
 from bridge.retry import RetryPolicy, backoff
 from bridge.settings import Settings
+from bridge.supervisor import Loop, Supervisor
 from connectors.base import Connector, ConnectorContext, connector_factory, sink_factory
 
 _RESTART = RetryPolicy(max_attempts=1, initial_backoff=1.0, max_backoff=30.0)
@@ -74,13 +89,13 @@ _CLOSE_RESERVE = 0.5
 #: hold every later trigger's start.
 _SINK_START_TIMEOUT = 5.0
 
+#: Builds the endpoint pool of a function with a ``kubernetes`` target (the daemon gives
+#: one that imports :mod:`bridge.kube` on first use).
+KubernetesPools = Callable[[str, KubernetesTarget], WatchedPool]
 
-class Service(Protocol):
-    """A runtime companion with its own lifecycle (config reload, Lease, Trigger watch)."""
 
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
+class Closable(Protocol):
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +107,15 @@ class BuildFailure:
 
 
 @dataclass(slots=True, eq=False)
-class Unit:
-    """One running trigger."""
+class RunningTrigger:
+    """One trigger the runtime runs: its connector, dispatcher and pump."""
 
     trigger: ResolvedTrigger
     connector: Connector
     dispatcher: Dispatcher
+    #: The supervised pump task (connector -> dispatcher), once launched.
     pump: asyncio.Task[None] | None = None
+    #: Consecutive failures of the connector (its restart backoff).
     failures: int = field(default=0)
     #: Keys (in Runtime._sinks) of its dead-letter sink and fallback.
     sinks: tuple[str, ...] = ()
@@ -111,19 +128,34 @@ class Runtime:
         settings: Settings,
         *,
         metrics: Metrics | None = None,
-        leadership: Leadership | None = None,
         log: Logger | None = None,
+        supervisor: Supervisor | None = None,
+        leadership: Leadership | None = None,
+        services: Sequence[Loop] = (),
+        probes: Mapping[str, Callable[[], bool]] | None = None,
+        kubernetes_pools: KubernetesPools | None = None,
+        resources: Sequence[Closable] = (),
     ) -> None:
+        """``services``: loops started after the triggers and stopped before them
+        (config reload, the Trigger watch). ``probes``: extra readiness checks by name
+        (e.g. a Kubernetes watch refused by RBAC). ``resources``: closed at the end of
+        the stop, with the sinks (a Kubernetes API client)."""
         self.config = config
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.log = log or get_logger()
+        self._supervisor = supervisor or Supervisor(self.log, self.metrics)
+        self.leadership: Leadership = leadership or AlwaysLeader()
         self.context = ConnectorContext(
             metrics=self.metrics,
             log=self.log,
-            leadership=leadership or AlwaysLeader(),
+            leadership=self.leadership,
         )
-        self.units: dict[str, Unit] = {}
+        self._services = tuple(services)
+        self._probes = dict(probes or {})
+        self._kubernetes_pools = kubernetes_pools
+        self._resources = tuple(resources)
+        self.triggers: dict[str, RunningTrigger] = {}
         #: Triggers of the config that could not be built (see :meth:`apply`).
         self.failures: dict[str, BuildFailure] = {}
         self.admin = AdminServer(
@@ -132,16 +164,14 @@ class Runtime:
         self._session: aiohttp.ClientSession | None = None
         self._invoker: Invoker | None = None
         self._targets: dict[str, Target] = {}
+        #: The pools of the targets that watch their endpoints, and their watch tasks.
+        self._watched: dict[str, WatchedPool] = {}
+        self._watches: dict[str, asyncio.Task[None]] = {}
         self._sinks: dict[str, Sink] = {}
         self._functions: dict[str, FunctionConfig] = {}
-        #: Started after the triggers, stopped before them: config reload, Trigger
-        #: resources (see bridge.reload.wire). Each has start() and stop(). The
-        #: leadership (a Lease) is not one of them: it is released last.
-        self.services: list[Service] = []
-        #: Extra readiness checks by name (e.g. a Kubernetes watch refused by RBAC).
-        self.probes: dict[str, Callable[[], bool]] = {}
+        self._service_tasks: list[asyncio.Task[None]] = []
         #: True while start() runs: not ready before every trigger is built (with no
-        #: unit yet, "every unit ready" would be vacuously true).
+        #: trigger running yet, "every trigger ready" would be vacuously true).
         self._starting = False
 
     # --- lifecycle ------------------------------------------------------------------
@@ -156,46 +186,50 @@ class Runtime:
         except ConfigError:
             await self._release()
             raise
-        await self.context.leadership.start()
-        for service in self.services:
-            await service.start()
+        await self.leadership.start()
+        self._service_tasks = [self._supervisor.spawn(s.name, s.run) for s in self._services]
         self._starting = False
         self.log.info(
-            "trigger-bridge started", triggers=len(self.units), admin_port=self.admin.port
+            "trigger-bridge started", triggers=len(self.triggers), admin_port=self.admin.port
         )
 
     async def shutdown(self) -> None:
         started = time.monotonic()
         deadline = started + self.settings.drain_timeout + _STOP_BUDGET
-        units = list(self.units.values())
-        self.log.info("draining", triggers=len(units), timeout=self.settings.drain_timeout)
-        leadership = self.context.leadership
+        running = list(self.triggers.values())
+        self.log.info("draining", triggers=len(running), timeout=self.settings.drain_timeout)
+        leadership = self.leadership
         leadership.stop_leading()  # no tick fires from now on; a Lease stays held
-        for service in reversed(self.services):
-            await self._stop_step(f"stop {type(service).__name__}", deadline, service.stop)
-        await self._stop_step("stop intake", deadline, lambda: self._stop_intake(units))
+        services, self._service_tasks = self._service_tasks, []
+        await self._stop_step("stop the services", deadline, partial(_cancel, services))
+        await self._stop_step("stop intake", deadline, lambda: self._stop_intake(running))
         drain_for = max(0.0, min(self.settings.drain_timeout,
                                  deadline - _AFTER_DRAIN - time.monotonic()))
-        drained = await asyncio.gather(*(u.dispatcher.drain(drain_for) for u in units))
+        drained = await asyncio.gather(*(r.dispatcher.drain(drain_for) for r in running))
         await asyncio.gather(*(
-            self._stop_step("stop connector", deadline - 2 * _CLOSE_RESERVE, u.connector.stop,
-                            trigger=u.trigger.name)
-            for u in units
+            self._stop_step("stop connector", deadline - 2 * _CLOSE_RESERVE, r.connector.stop,
+                            trigger=r.trigger.name)
+            for r in running
         ))
-        self.units.clear()
+        self.triggers.clear()
         # Released only now: a run of ours (Forbid) never overlaps the next leader's.
         await self._stop_step("release the Lease", deadline - _CLOSE_RESERVE, leadership.stop)
-        resources = [*self._sinks.values(), *self._targets.values(),
-                     *self.context.shared_values()]
+        watches = list(self._watches.values())
+        self._watches.clear()
+        await self._stop_step("stop the endpoint watches", deadline, partial(_cancel, watches))
+        resources: list[Closable] = [*self._sinks.values(), *self._targets.values(),
+                                     *self.context.shared_values(), *self._resources]
         await asyncio.gather(*(
             self._stop_step(f"close {type(r).__name__}", deadline, r.close)
-            for r in resources if callable(getattr(r, "close", None))
+            for r in resources
         ))
         self._sinks.clear()
         self._targets.clear()
+        self._watched.clear()
         if self._session is not None:
             await self._stop_step("close the HTTP session", deadline, self._session.close)
         await self._stop_step("stop the admin server", deadline, self.admin.stop)
+        await self._supervisor.stop(max(0.0, deadline - time.monotonic()))
         self.log.info(
             "stopped", drained=all(drained), seconds=round(time.monotonic() - started, 3)
         )
@@ -215,21 +249,24 @@ class Runtime:
             self.log.warning("stop step failed", step=what, error=_describe(err), **context)
 
     def readiness(self) -> Mapping[str, bool]:
-        ready = {name: unit.connector.ready for name, unit in self.units.items()}
+        ready = {name: running.connector.ready for name, running in self.triggers.items()}
         ready.update(dict.fromkeys(self.failures, False))
         if self._starting:
             ready["startup"] = False
-        ready.update({name: probe() for name, probe in self.probes.items()})
-        for name, target in self._targets.items():
-            pool_ready = getattr(target.pool, "ready", None)
-            if pool_ready is not None:
-                ready[f"function:{name}"] = bool(pool_ready)
-        for name, unit in self.units.items():
-            if unit.dispatcher.blocked:  # dead letters every sink refuses: see dispatcher
+        ready.update({name: probe() for name, probe in self._probes.items()})
+        for name, pool in self._watched.items():
+            ready[f"function:{name}"] = pool.ready
+        for name, running in self.triggers.items():
+            if running.dispatcher.blocked:  # dead letters every sink refuses: see dispatcher
                 ready[f"dead_letter:{name}"] = False
         return ready
 
-    # --- units ----------------------------------------------------------------------
+    def last_schedule_time(self, trigger: str) -> datetime | None:
+        """The scheduled time of the last tick ``trigger`` fired (cron), else None."""
+        running = self.triggers.get(trigger)
+        return None if running is None else running.connector.last_schedule_time
+
+    # --- running triggers -----------------------------------------------------------
 
     async def apply(self, config: BridgeConfig) -> Mapping[str, str]:
         """Move to ``config``: start new triggers, restart changed ones, stop removed ones.
@@ -241,21 +278,21 @@ class Runtime:
         """
         wanted = {t.name: config.resolve(t) for t in config.triggers}
         self.config = config
-        changed = [n for n, u in self.units.items() if wanted.get(n) != u.trigger]
+        changed = [n for n, r in self.triggers.items() if wanted.get(n) != r.trigger]
         for name in changed:
-            await self.stop_unit(name)
+            await self.stop_trigger(name)
             if name not in wanted:
                 self.metrics.forget(name)  # removed: its series go too
         self.failures = {n: f for n, f in self.failures.items() if wanted.get(n) == f.trigger}
         for name in [f for f, fn in self._functions.items() if config.functions.get(f) != fn]:
             # Changed or removed function: its triggers were stopped above; rebuild it.
             self._functions.pop(name)
-            await _close_quietly(self._targets.pop(name, None), self.log)
+            await self._close_target(name)
         for name, resolved in wanted.items():
-            if name in self.units or name in self.failures:
+            if name in self.triggers or name in self.failures:
                 continue
             try:
-                self._launch(await self._build_unit(resolved))
+                self._launch(await self._build(resolved))
             except Exception as err:
                 failure = BuildFailure(resolved, _build_error(resolved, err))
                 self.failures[name] = failure
@@ -270,19 +307,19 @@ class Runtime:
         At start-up a trigger that cannot be built is a config problem: nothing is started
         and the CLI exits 2 naming it (``triggers[3]: cannot be started: ...``).
         """
-        units, problems = [], []
+        built, problems = [], []
         for index, trigger in enumerate(self.config.triggers):
             resolved = self.config.resolve(trigger)
             try:
-                units.append(await self._build_unit(resolved))
+                built.append(await self._build(resolved))
             except Exception as err:
                 problems.append(ConfigProblem(
                     f"triggers[{index}]", f"cannot be started: {_build_error(resolved, err)}"
                 ))
         if problems:
             raise ConfigError(problems)
-        for unit in units:
-            self._launch(unit)
+        for running in built:
+            self._launch(running)
 
     async def _start_admin(self) -> None:
         """The admin server; a port it cannot take is a settings problem (exit 2)."""
@@ -298,16 +335,17 @@ class Runtime:
     async def _release(self) -> None:
         """Close what a start-up that failed opened (no trigger runs yet): quietly, since
         the CLI's answer is the problem lines alone."""
-        for resource in [*self._sinks.values(), *self._targets.values(),
-                         *self.context.shared_values()]:
-            await _close_quietly(resource, self.log)
+        for name in list(self._targets):
+            await self._close_target(name)
+        for resource in [*self._sinks.values(), *self.context.shared_values(),
+                         *self._resources]:
+            await _quietly(resource.close)
         self._sinks.clear()
-        self._targets.clear()
         if self._session is not None:
             await self._session.close()
         await self.admin.stop()
 
-    async def _build_unit(self, trigger: ResolvedTrigger) -> Unit:
+    async def _build(self, trigger: ResolvedTrigger) -> RunningTrigger:
         """The trigger's connector, sink and dispatcher; raises if its settings are refused."""
         assert self._invoker is not None, "start() first"
         connector = connector_factory(trigger.config.kind)(trigger, self.context)
@@ -319,71 +357,72 @@ class Runtime:
         if dead_letter.fallback is not None:
             fallback_id, fallback = await self._sink(dead_letter.fallback, trigger)
             sinks += (fallback_id,)
-        parts = DispatchParts(
+        dispatcher = Dispatcher(
+            trigger,
             target=self._target(trigger.function_name, trigger.function),
             invoker=self._invoker,
             sink=sink,
+            fallback=fallback,
             metrics=self.metrics,
             log=self.log,
-            fallback=fallback,
+            ordering=trigger.ordering,
+            max_unsettled=connector.max_unsettled,
         )
-        dispatcher = Dispatcher(trigger, parts, trigger.ordering, connector.max_unsettled)
-        return Unit(trigger, connector, dispatcher, sinks=sinks)
+        return RunningTrigger(trigger, connector, dispatcher, sinks=sinks)
 
-    def _launch(self, unit: Unit) -> None:
-        connector, trigger = unit.connector, unit.trigger
+    def _launch(self, running: RunningTrigger) -> None:
+        connector, trigger = running.connector, running.trigger
         # Read at every scrape: bridge_connector_ready needs no /readyz call first.
         self.metrics.trigger(trigger.name, trigger.function_name).readiness = (
             lambda: connector.ready
         )
-        unit.pump = asyncio.create_task(self._pump(unit), name=f"pump:{trigger.name}")
-        self.units[trigger.name] = unit
+        running.pump = self._supervisor.spawn(f"pump:{trigger.name}",
+                                              partial(self._pump, running))
+        self.triggers[trigger.name] = running
 
-    async def stop_unit(self, name: str) -> None:
-        unit = self.units.pop(name, None)
-        if unit is None:
+    async def stop_trigger(self, name: str) -> None:
+        running = self.triggers.pop(name, None)
+        if running is None:
             return
-        await self._stop_intake([unit])
-        await unit.dispatcher.drain(self.settings.drain_timeout)
-        await self._stop_connector(unit)
+        await self._stop_intake([running])
+        await running.dispatcher.drain(self.settings.drain_timeout)
+        await self._stop_connector(running)
         self.metrics.trigger(name).readiness = None
         self.log.info("trigger stopped", trigger=name)
 
-    async def _pump(self, unit: Unit) -> None:
+    async def _pump(self, running: RunningTrigger) -> None:
         """connector -> dispatcher, restarting the connector with backoff when it fails."""
+        connector, dispatcher = running.connector, running.dispatcher
         while True:
             try:
-                await unit.connector.start()
-                unit.failures = 0
-                async for event in unit.connector.events():
-                    await unit.dispatcher.submit(event)
+                await connector.start()
+                running.failures = 0
+                async for event in connector.events():
+                    await dispatcher.submit(event)
                     del event  # do not keep the last event alive until the next one
-                self.log.warning("source ended; restarting", trigger=unit.trigger.name)
+                self.log.warning("source ended; restarting", trigger=running.trigger.name)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
-                unit.failures += 1
-                delay = backoff(_RESTART, unit.failures)
+                running.failures += 1
+                delay = backoff(_RESTART, running.failures)
                 self.log.error(
-                    "source failed", trigger=unit.trigger.name, error=_describe(err),
-                    attempt=unit.failures, retry_in=round(delay, 2),
+                    "source failed", trigger=running.trigger.name, error=_describe(err),
+                    attempt=running.failures, retry_in=round(delay, 2),
                 )
-                await _close_quietly(unit.connector, self.log, method="stop")
+                await _quietly(connector.stop)
                 await asyncio.sleep(delay)
 
-    async def _stop_intake(self, units: list[Unit]) -> None:
-        pumps = [u.pump for u in units if u.pump is not None]
-        for pump in pumps:
-            pump.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
+    async def _stop_intake(self, running: list[RunningTrigger]) -> None:
+        await _cancel([r.pump for r in running if r.pump is not None])
 
-    async def _stop_connector(self, unit: Unit) -> None:
+    async def _stop_connector(self, running: RunningTrigger) -> None:
         try:
             async with asyncio.timeout(_STOP_TIMEOUT):
-                await unit.connector.stop()
+                await running.connector.stop()
         except Exception as err:
             self.log.warning(
-                "connector stop failed", trigger=unit.trigger.name, error=_describe(err)
+                "connector stop failed", trigger=running.trigger.name, error=_describe(err)
             )
 
     # --- shared parts ----------------------------------------------------------------
@@ -403,11 +442,25 @@ class Runtime:
         return self._targets[name]
 
     def _pool(self, name: str, function: FunctionConfig) -> Pool:
-        if function.kubernetes is not None:
-            from bridge.kube.pool import kubernetes_pool
+        """A static pool, or a Kubernetes one whose endpoint watch runs supervised."""
+        if function.kubernetes is None:
+            return BalancedPool(function.static_urls)
+        if self._kubernetes_pools is None:
+            raise LookupError("no Kubernetes pools in this process")
+        pool = self._kubernetes_pools(name, function.kubernetes)
+        self._watched[name] = pool
+        self._watches[name] = self._supervisor.spawn(f"endpoints:{name}", pool.run)
+        return pool
 
-            return kubernetes_pool(name, function.kubernetes, self.context)
-        return BalancedPool(function.static_urls)
+    async def _close_target(self, name: str) -> None:
+        """Stop a function's endpoint watch (if any) and close its target."""
+        watch = self._watches.pop(name, None)
+        if watch is not None:
+            await _cancel([watch])
+        self._watched.pop(name, None)
+        target = self._targets.pop(name, None)
+        if target is not None:
+            await _quietly(target.close)
 
     async def _sink(self, config: SinkConfig, trigger: ResolvedTrigger) -> tuple[str, Sink]:
         """The sink for ``config`` (shared with every trigger whose settings are equal,
@@ -429,10 +482,10 @@ class Runtime:
     async def _close_unused_sinks(self) -> None:
         """Close the sinks no running trigger uses any more (removed, or settings changed:
         another URL, a rotated password)."""
-        used = {key for unit in self.units.values() for key in unit.sinks}
+        used = {key for running in self.triggers.values() for key in running.sinks}
         for key in [k for k in self._sinks if k not in used]:
             sink = self._sinks.pop(key)
-            await _close_quietly(sink, self.log)
+            await _quietly(sink.close)
             self.log.info("dead-letter sink closed: no trigger uses it",
                           sink=type(sink).__name__)
 
@@ -448,10 +501,15 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:400] if text else type(err).__name__
 
 
-async def _close_quietly(resource: Any, log: Logger, method: str = "close") -> None:
-    closer = getattr(resource, method, None)
-    if closer is None:
-        return
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they ended."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _quietly(step: Callable[[], Awaitable[object]]) -> None:
+    """Run a closing step, bounded, ignoring its failure (the stop goes on)."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(_STOP_TIMEOUT):
-            await closer()
+            await step()

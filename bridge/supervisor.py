@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from bridge.logs import Logger
 from bridge.metrics import Metrics
@@ -44,6 +45,14 @@ RESTART = RetryPolicy(max_attempts=1, initial_backoff=1.0, max_backoff=30.0)
 def restart_delay(crashes: int) -> float:
     """Seconds before restarting after ``crashes`` consecutive crashes (1-based)."""
     return backoff(RESTART, crashes)
+
+
+@dataclass(frozen=True, slots=True)
+class Loop:
+    """A named background loop, handed to whoever spawns it (``spawn(loop.name, loop.run)``)."""
+
+    name: str
+    run: Callable[[], Awaitable[None]]
 
 
 class Supervisor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from bridge.config import ResolvedTrigger, SinkConfig
@@ -42,6 +43,11 @@ class Connector(Protocol):
     @property
     def max_unsettled(self) -> int | None:
         """Bound on events taken but not settled, or None for the engine's default."""
+
+    @property
+    def last_schedule_time(self) -> datetime | None:
+        """The scheduled time of the last tick this replica fired (cron: a Trigger's
+        ``status.lastScheduleTime``); None for sources without a schedule."""
 
     async def start(self) -> None: ...
 

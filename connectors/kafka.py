@@ -236,6 +236,11 @@ class KafkaConnector:
         return self._source.max_unsettled
 
     @property
+    def last_schedule_time(self) -> None:
+        """A queue source fires no scheduled ticks."""
+        return None
+
+    @property
     def unsettled(self) -> int:
         """Records taken and not yet settled (what the backpressure bound counts)."""
         return self._unsettled

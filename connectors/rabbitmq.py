@@ -136,6 +136,11 @@ class RabbitConnector:
     def max_unsettled(self) -> int:
         return self._source.prefetch
 
+    @property
+    def last_schedule_time(self) -> None:
+        """A queue source fires no scheduled ticks."""
+        return None
+
     async def start(self) -> None:
         if self._connection is not None:
             return

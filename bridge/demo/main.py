@@ -31,14 +31,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bridge.cli import stop_on_signals
 from bridge.config import parse_config
+from bridge.daemon import Daemon, first_of, stop_on_signals
 from bridge.demo import kafka as demo_kafka
 from bridge.demo.functions import SampleFunctions
 from bridge.demo.kafka import EmbeddedKafka, Unavailable, find_tansu
 from bridge.demo.rabbitmq import DEFAULT_URL, DemoQueue
 from bridge.logs import redact_url
-from bridge.runtime import Runtime
 from bridge.settings import Settings
 
 _CONFIG = """
@@ -108,14 +107,14 @@ async def run_demo(
     if queue is not None:
         text += _RABBITMQ.format(url=queue.url, queue=queue.name)
     admin_port = _free_port(settings.admin_port)
-    runtime = Runtime(
+    daemon = Daemon(
         parse_config(text),
         settings.model_copy(update={"admin_port": admin_port, "admin_host": "127.0.0.1"}),
     )
     stop = stop_on_signals()
     print(_banner(admin_port, dead_letters, kafka, queue), flush=True)
     try:
-        await _run(runtime, kafka, queue, stop, duration)
+        await _run(daemon, kafka, queue, stop, duration)
     finally:
         if queue is not None:
             with contextlib.suppress(Exception):
@@ -128,14 +127,13 @@ async def run_demo(
 
 
 async def _run(
-    runtime: Runtime, kafka: EmbeddedKafka | None, queue: DemoQueue | None,
+    daemon: Daemon, kafka: EmbeddedKafka | None, queue: DemoQueue | None,
     stop: asyncio.Event, duration: float | None,
 ) -> None:
     """The bridge and the demo's producers, until the signal or the duration."""
-    stopped = False
     done = asyncio.Event()
     try:
-        await runtime.start()
+        await daemon.start()
         async with asyncio.TaskGroup() as group:
             feeders = []
             if kafka is not None:
@@ -143,17 +141,17 @@ async def _run(
                 group.create_task(_quietly("kafka dead letters", kafka.print_dead_letters(done)))
             if queue is not None:
                 feeders.append(group.create_task(_quietly("rabbitmq publisher", queue.publish())))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=duration)
+            roots: dict[str, Awaitable[object]] = {"signal": stop.wait()}
+            if duration is not None:
+                roots["duration"] = asyncio.sleep(duration)
+            await first_of(roots, daemon.log)
             for feeder in feeders:
                 feeder.cancel()
-            stopped = True
-            await runtime.shutdown()
+            await daemon.stop()
             done.set()
     finally:
         done.set()
-        if not stopped:
-            await runtime.shutdown()
+        await daemon.stop()  # a second stop does nothing
 
 
 async def _quietly(what: str, work: Awaitable[None]) -> None:

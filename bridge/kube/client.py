@@ -431,7 +431,7 @@ class Reflector:
     def start(self) -> None:
         """Run the loop in a task this object owns (repeat-safe)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"watch:{self._resource.plural}")
+            self._task = asyncio.create_task(self.run(), name=f"watch:{self._resource.plural}")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -441,7 +441,14 @@ class Reflector:
                 await task
         self.synced = False
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """List, then watch, until cancelled (``synced`` is False again after)."""
+        try:
+            await self._loop()
+        finally:
+            self.synced = False
+
+    async def _loop(self) -> None:
         version: str | None = None
         while True:
             try:

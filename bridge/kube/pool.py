@@ -22,6 +22,7 @@ from typing import Any
 
 from bridge.config import KubernetesTarget
 from bridge.kube.client import ENDPOINT_SLICES, KubeClient, Reflector, object_name
+from bridge.logs import Logger
 from bridge.pools import BalancedPool, Pool
 from bridge.settings import Settings
 from connectors.base import ConnectorContext
@@ -38,7 +39,7 @@ def kubernetes_pool(
     function_name: str, target: KubernetesTarget, context: ConnectorContext
 ) -> Pool:
     """The pool for a function with a ``kubernetes`` target; its watch starts at once."""
-    pool = KubernetesPool(function_name, target, kube_client(context), context)
+    pool = KubernetesPool(function_name, target, kube_client(context), context.log)
     pool.start()
     return pool
 
@@ -49,12 +50,12 @@ class KubernetesPool(BalancedPool):
         function_name: str,
         target: KubernetesTarget,
         client: KubeClient,
-        context: ConnectorContext,
+        log: Logger,
     ) -> None:
         super().__init__()
         self._target = target
         self._slices: dict[str, dict[str, Any]] = {}
-        self._log = context.log.bind(function=function_name, service=target.service)
+        self._log = log.bind(function=function_name, service=target.service)
         self._reflector = Reflector(
             client, ENDPOINT_SLICES, target.namespace, on_sync=self._on_sync,
             on_change=self._on_change, log=self._log,
@@ -66,7 +67,12 @@ class KubernetesPool(BalancedPool):
         """True once the EndpointSlices are listed (and the API lets us watch them)."""
         return self._reflector.synced
 
+    async def run(self) -> None:
+        """Watch the function's EndpointSlices until cancelled."""
+        await self._reflector.run()
+
     def start(self) -> None:
+        """Watch in a task of the pool's own (a pool used outside the daemon)."""
         self._reflector.start()
 
     async def close(self) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -67,7 +67,6 @@ from bridge.logs import Logger, redact
 if TYPE_CHECKING:
     from bridge.leadership import Leadership
     from bridge.reload import Composer
-    from bridge.runtime import Runtime
 
 API_VERSION = f"{TRIGGER_GROUP}/{TRIGGER_VERSION}"
 _MESSAGE_MAX = 1024
@@ -189,7 +188,8 @@ class TriggerWatcher:
         self,
         client: KubeClient,
         composer: Composer,
-        runtime: Runtime,
+        leadership: Leadership,
+        last_schedule_time: Callable[[str], datetime | None],
         log: Logger,
         *,
         namespace: str | None = None,
@@ -198,8 +198,9 @@ class TriggerWatcher:
     ) -> None:
         self._client = client
         self._composer = composer
-        self._runtime = runtime
-        self._leadership: Leadership = runtime.context.leadership
+        #: The scheduled time of the last tick a trigger fired here (cron), by name.
+        self._last_schedule_time = last_schedule_time
+        self._leadership = leadership
         self._log = log.bind(component="triggers")
         self._identity = identity
         self._interval = status_interval
@@ -211,25 +212,15 @@ class TriggerWatcher:
         self._failed: set[str] = set()
         self._reflector = Reflector(client, TRIGGERS, namespace, on_sync=self._on_sync,
                                     on_change=self._on_change, log=self._log)
-        self._status_task: asyncio.Task[None] | None = None
         self._leadership.on_change(self._on_leadership)
 
     @property
     def ready(self) -> bool:
         return self._reflector.synced
 
-    async def start(self) -> None:
-        self._reflector.start()
-        if self._status_task is None or self._status_task.done():
-            self._status_task = asyncio.create_task(self._write_statuses(), name="trigger-status")
-
-    async def stop(self) -> None:
-        await self._reflector.stop()
-        task, self._status_task = self._status_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def run(self) -> None:
+        """Watch the Trigger objects until cancelled."""
+        await self._reflector.run()
 
     # --- TriggerSource ----------------------------------------------------------------
 
@@ -328,7 +319,9 @@ class TriggerWatcher:
 
     # --- status and events ------------------------------------------------------------
 
-    async def _write_statuses(self) -> None:
+    async def write_statuses(self) -> None:
+        """Write the statuses and Events of changed Triggers (and the ``lastScheduleTime``
+        of cron Triggers every ``status_interval``), until cancelled."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
@@ -401,11 +394,8 @@ class TriggerWatcher:
         if not self._leadership.is_leader:
             return
         for name, verdict in list(self._verdicts.items()):
-            unit = self._runtime.units.get(name)
-            if not verdict.ok or unit is None:
-                continue
-            last = getattr(unit.connector, "last_schedule_time", None)
-            if not isinstance(last, datetime):
+            last = self._last_schedule_time(name) if verdict.ok else None
+            if last is None:
                 continue
             stamp = last.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             if self._schedules.get(name) == stamp:

@@ -15,18 +15,19 @@ import sys
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from bridge.exit_codes import EXIT_FAILURE, EXIT_OK
 from bridge.redrive.selection import Selection, selection
 from bridge.redrive.sources import SourceError
 
 if TYPE_CHECKING:  # the command's modules are imported when it runs (a fast CLI start)
     from bridge.config import BridgeConfig
+    from bridge.daemon import KubernetesParts
     from bridge.logs import Logger
     from bridge.redrive.report import Counts
     from bridge.redrive.run import Redrive, RedriveOptions
     from bridge.redrive.sources import LetterSource
     from bridge.settings import Settings
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class RedriveUsageError(Exception):
@@ -78,6 +79,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace, config: BridgeConfig, config_path: str,
         settings: Settings) -> int:
     """The command; raises RedriveUsageError for a line to print with exit 2."""
+    from bridge.daemon import KubernetesParts
     from bridge.logs import configure
     from bridge.redrive.report import Report
     from bridge.redrive.run import Redrive
@@ -88,18 +90,23 @@ def run(args: argparse.Namespace, config: BridgeConfig, config_path: str,
     configure(settings.log_format if "log_format" in settings.model_fields_set else "console",
               level)
     report = Report(sys.stderr, sys.stdout, sys.stderr.isatty(), options.dry_run)
-    redrive = Redrive(config, source, options, report, _quiet_logger())
+    log = _quiet_logger()
+    kubernetes = KubernetesParts(settings, log)
+    redrive = Redrive(config, source, options, report, log, kubernetes_pools=kubernetes.pool)
     try:
-        counts = asyncio.run(_main(redrive))
+        counts = asyncio.run(_main(redrive, kubernetes))
     except SourceError as err:
         raise RedriveUsageError(str(err)) from None
     return EXIT_OK if counts.clean else EXIT_FAILURE
 
 
-async def _main(redrive: Redrive) -> Counts:
-    from bridge.cli import stop_on_signals
+async def _main(redrive: Redrive, kubernetes: KubernetesParts) -> Counts:
+    from bridge.daemon import stop_on_signals
 
-    return await redrive.run(stop_on_signals())
+    try:
+        return await redrive.run(stop_on_signals())
+    finally:
+        await kubernetes.close()
 
 
 def _quiet_logger() -> Logger:

@@ -33,7 +33,7 @@ import aiohttp
 
 from bridge.config import BridgeConfig, ResolvedTrigger, SinkConfig
 from bridge.deadletter import DeadLetter, Sink, sink_key
-from bridge.dispatcher import Dispatcher, DispatchParts
+from bridge.dispatcher import Dispatcher
 from bridge.errors import describe
 from bridge.events import Disposition, Event, Settler
 from bridge.invoker import Invoker
@@ -45,6 +45,8 @@ from bridge.redrive.letters import Letter, NotRedrivable, to_event
 from bridge.redrive.report import Counts, Report
 from bridge.redrive.selection import Selection
 from bridge.redrive.sources import Item, LetterSource, Republisher
+from bridge.runtime import KubernetesPools
+from bridge.supervisor import Supervisor
 from connectors.base import ConnectorContext, republisher_factory, sink_factory
 
 #: How long a dead-letter sink may take to connect before the first write tries again.
@@ -52,6 +54,8 @@ _SINK_START_TIMEOUT = 5.0
 #: Publishes awaiting their broker confirm at once (``--to-source``).
 _PUBLISH_WINDOW = 100
 _PUBLISH_TRIES = 3
+#: How long the endpoint watches of ``kubernetes`` functions may take to stop.
+_WATCH_STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,12 @@ class Redrive:
         options: RedriveOptions,
         report: Report,
         log: Logger,
+        *,
+        kubernetes_pools: KubernetesPools | None = None,
     ) -> None:
+        """``kubernetes_pools`` builds the pools of ``kubernetes`` functions (the
+        daemon's :class:`~bridge.daemon.KubernetesParts`); their watches run under the
+        redrive's own supervisor."""
         self.config = config
         self.source = source
         self.options = options
@@ -89,6 +98,8 @@ class Redrive:
         self._context = ConnectorContext(
             metrics=Metrics(), log=log, leadership=AlwaysLeader()
         )
+        self._kubernetes_pools = kubernetes_pools
+        self._supervisor = Supervisor(log, self._context.metrics)
         self._triggers = {t.name: t for t in config.triggers}
         self._session: aiohttp.ClientSession | None = None
         self._invoker: Invoker | None = None
@@ -258,11 +269,11 @@ class Redrive:
                 self._session = Invoker.new_session()
                 self._invoker = Invoker(self._session)
             sink, fallback = await self._dead_letter_sinks(trigger)
-            parts = DispatchParts(
-                target=self._target(trigger), invoker=self._invoker, sink=sink,
+            self._dispatchers[key] = Dispatcher(
+                trigger, target=self._target(trigger), invoker=self._invoker, sink=sink,
                 metrics=self._context.metrics, log=self._log, fallback=fallback,
+                ordering=trigger.ordering,
             )
-            self._dispatchers[key] = Dispatcher(trigger, parts, trigger.ordering)
         return self._dispatchers[key]
 
     def _target(self, trigger: ResolvedTrigger) -> Target:
@@ -272,9 +283,11 @@ class Redrive:
         if name not in self._targets:
             pool: Pool
             if function.kubernetes is not None:
-                from bridge.kube.pool import kubernetes_pool
-
-                pool = kubernetes_pool(name, function.kubernetes, self._context)
+                if self._kubernetes_pools is None:
+                    raise LookupError("no Kubernetes pools in this process")
+                watched = self._kubernetes_pools(name, function.kubernetes)
+                self._supervisor.spawn(f"endpoints:{name}", watched.run)
+                pool = watched
             else:
                 pool = BalancedPool(function.static_urls)
             self._targets[name] = Target(
@@ -377,6 +390,7 @@ class Redrive:
     # --- the end ------------------------------------------------------------------
 
     async def _close(self) -> None:
+        await self._supervisor.stop(_WATCH_STOP_TIMEOUT)
         closing: list[Awaitable[object]] = [s.close() for s in self._sinks.values()]
         closing += [t.close() for t in self._targets.values()]
         closing += [r.close() for r in self._republishers.values()]

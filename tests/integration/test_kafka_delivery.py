@@ -36,7 +36,7 @@ async def test_every_record_reaches_the_function_exactly_once(kafka_broker: Kafk
     async with RecordingFunction() as fn:
         config = bridge_config(kafka_broker, topic, fn.url, ordering="none")
         async with running_bridge(config) as runtime:
-            runtime.units["orders"].connector.probe_interval = 0.2  # type: ignore[attr-defined]
+            runtime.triggers["orders"].connector.probe_interval = 0.2  # type: ignore[attr-defined]
             await ready(runtime)
             await fn.wait_calls(300)
             await asyncio.sleep(0.5)  # nothing more arrives
@@ -251,7 +251,7 @@ async def test_backpressure_pauses_fetching_at_max_unsettled(kafka_broker: Kafka
             kafka_extra="max_unsettled: 5",
         )
         async with running_bridge(config) as runtime:
-            connector = runtime.units["orders"].connector
+            connector = runtime.triggers["orders"].connector
             connector.keepalive_interval = 0.2  # type: ignore[attr-defined]
             connector.probe_interval = 0.2  # type: ignore[attr-defined]
             await ready(runtime)

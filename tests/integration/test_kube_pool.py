@@ -15,7 +15,7 @@ import structlog
 
 from bridge.config import ResolvedTrigger, parse_config
 from bridge.deadletter import file_sink
-from bridge.dispatcher import Dispatcher, DispatchParts
+from bridge.dispatcher import Dispatcher
 from bridge.events import Disposition, Event
 from bridge.invoker import Invoker
 from bridge.kube.client import KubeClient
@@ -65,9 +65,12 @@ triggers:
         )
         session = Invoker.new_session()
         self.closers += [target, session]
-        parts = DispatchParts(target, Invoker(session), file_sink(resolved.dead_letter, resolved),
-                              self.context.metrics, self.context.log)
-        return Dispatcher(resolved, parts), target
+        dispatcher = Dispatcher(
+            resolved, target=target, invoker=Invoker(session),
+            sink=file_sink(resolved.dead_letter, resolved),
+            metrics=self.context.metrics, log=self.context.log,
+        )
+        return dispatcher, target
 
     def event(self, n: int) -> Event:
         async def settle(event: Event, disposition: Disposition) -> None:

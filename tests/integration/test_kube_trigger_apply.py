@@ -22,8 +22,7 @@ from typing import Any
 import pytest
 
 from bridge.config import ResolvedTrigger, parse_config
-from bridge.reload import wire
-from bridge.runtime import Runtime
+from bridge.daemon import Daemon
 from bridge.settings import Settings
 from connectors import base
 from connectors.base import Connector, ConnectorContext
@@ -134,8 +133,7 @@ async def test_a_trigger_that_cannot_be_built_is_start_failed_and_the_rest_runs(
     async with RecordingFunction() as fn:
         settings = Settings(kubeconfig=str(api.kubeconfig(tmp_path)), watch_triggers=True,
                             admin_port=0, admin_host="127.0.0.1")
-        runtime = Runtime(parse_config(file_config(fn.url, tmp_path)), settings)
-        wire(runtime, None)
+        runtime = Daemon(parse_config(file_config(fn.url, tmp_path)), settings).runtime
         await runtime.start()
         try:
             broken = {"function": {"url": f"http://bob:{SECRET}@127.0.0.1:{fn.port}/"},

@@ -17,7 +17,7 @@ import pytest
 
 from bridge.config import ResolvedTrigger, parse_config
 from bridge.deadletter import DeadLetter, SinkRefused
-from bridge.dispatcher import Dispatcher, DispatchParts, Ordering
+from bridge.dispatcher import Dispatcher, Ordering
 from bridge.events import Disposition, Event
 from bridge.invoker import Invoker
 from bridge.logs import get_logger
@@ -102,11 +102,12 @@ class Rig:
         self, trigger: ResolvedTrigger | None = None, *, target: Target | None = None,
         ordering: Ordering = "none", max_unsettled: int | None = None,
     ) -> Dispatcher:
-        parts = DispatchParts(
+        return Dispatcher(
+            trigger or resolved(self.fn.url),
             target=target or self.target(), invoker=Invoker(self.session), sink=self.sink,
             metrics=self.metrics, log=get_logger(test=True), fallback=self.fallback,
+            ordering=ordering, max_unsettled=max_unsettled,
         )
-        return Dispatcher(trigger or resolved(self.fn.url), parts, ordering, max_unsettled)
 
     def event(self, event_id: str, **fields: object) -> Event:
         return Event(
@@ -611,11 +612,11 @@ class RaisingInvoker(Invoker):
 
 
 def buggy(rig: Rig, bad: set[str], ordering: Ordering = "none") -> Dispatcher:
-    parts = DispatchParts(
+    return Dispatcher(
+        resolved(rig.fn.url, attempts=3),
         target=rig.target(), invoker=RaisingInvoker(rig.session, bad), sink=rig.sink,
-        metrics=rig.metrics, log=get_logger(test=True),
+        metrics=rig.metrics, log=get_logger(test=True), ordering=ordering,
     )
-    return Dispatcher(resolved(rig.fn.url, attempts=3), parts, ordering)
 
 
 async def test_an_invoker_bug_dead_letters_the_event_as_internal_error(rig: Rig) -> None:

@@ -179,12 +179,11 @@ def test_kubernetes_client_is_not_imported_unless_configured() -> None:
         "import sys\n"
         "from bridge.config import parse_config\n"
         "from bridge.settings import Settings\n"
-        "from bridge.runtime import Runtime\n"
-        "from bridge.reload import wire\n"
+        "from bridge.daemon import Daemon\n"
         "import bridge.cli\n"
         "config = parse_config('defaults: {dead_letter: {file: {path: /tmp/x}}}\\n"
         "functions: {f: {url: \"http://127.0.0.1:9/\"}}')\n"
-        "wire(Runtime(config, Settings()), None)\n"
+        "Daemon(config, Settings(), None)\n"
         "assert 'kubernetes_asyncio' not in sys.modules, 'imported'\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}

@@ -19,7 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.config import BridgeConfig, ConfigError, ResolvedTrigger, load_config, parse_config
-from bridge.reload import ConfigReloader, wire
+from bridge.daemon import Daemon
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from connectors import base
@@ -71,8 +71,8 @@ def runtime(monkeypatch: pytest.MonkeyPatch) -> Runtime:
 
 
 def running(runtime: Runtime) -> dict[str, Any]:
-    return {name: unit for name, unit in runtime.units.items()
-            if unit.pump is not None and not unit.pump.done()}
+    return {name: running for name, running in runtime.triggers.items()
+            if running.pump is not None and not running.pump.done()}
 
 
 async def test_a_trigger_that_cannot_be_built_leaves_the_others_running(
@@ -80,7 +80,7 @@ async def test_a_trigger_that_cannot_be_built_leaves_the_others_running(
 ) -> None:
     await runtime.start()
     try:
-        a = runtime.units["a"]
+        a = runtime.triggers["a"]
         failures = await runtime.apply(
             config({"a": "1", "b": "2", "explode-1": "1", "c": "1"})
         )
@@ -89,7 +89,7 @@ async def test_a_trigger_that_cannot_be_built_leaves_the_others_running(
             "ValueError: invalid literal for int() with base 10: '***'"
         )
         assert sorted(running(runtime)) == ["a", "b", "c"]  # changed and new ones too
-        assert runtime.units["a"] is a  # unchanged: not restarted
+        assert runtime.triggers["a"] is a  # unchanged: not restarted
         assert runtime.readiness()["explode-1"] is False
 
         attempts = built.count("explode-1")
@@ -116,7 +116,7 @@ async def test_at_start_up_it_is_a_config_problem_and_nothing_starts(
         "triggers[1]: cannot be started: ValueError: invalid literal for int() with base 10: "
         "'***'"
     ]
-    assert runtime.units == {}
+    assert runtime.triggers == {}
     assert runtime.admin.port is not None  # it was up, and is closed again:
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", runtime.admin.port), timeout=2).close()
@@ -161,9 +161,9 @@ async def test_a_reloaded_file_applies_every_trigger_it_can(
     applied (a changed trigger restarts, a new one starts)."""
     path = tmp_path / "bridge.yaml"
     path.write_text(TEXT.format(triggers=entries({"a": "1", "b": "1"})))
-    runtime.config = load_config(path)
-    composer = wire(runtime, str(path))
-    reloader = next(s for s in runtime.services if isinstance(s, ConfigReloader))
+    daemon = Daemon(load_config(path), runtime.settings, str(path))
+    runtime, composer, reloader = daemon.runtime, daemon.composer, daemon.reloader
+    assert reloader is not None
     await runtime.start()
     try:
         path.write_text(TEXT.format(
