@@ -48,18 +48,19 @@ from typing import Literal
 
 from bridge.config import ResolvedTrigger
 from bridge.deadletter import DeadLetter, Sink, SinkRefused
+from bridge.errors import describe
 from bridge.events import Disposition, Event
 from bridge.invoker import Invoker
 from bridge.logs import Logger
 from bridge.metrics import Metrics
 from bridge.outcome import Outcome, Verdict
 from bridge.pools import Target
-from bridge.retry import RetryPolicy, backoff
+from bridge.retry import Backoff, backoff
 
 Ordering = Literal["key", "partition", "none"]
 
 #: Backoff between failed dead-letter writes: quick at first, then every 30 s.
-_SINK_RETRY = RetryPolicy(max_attempts=1, initial_backoff=0.5, max_backoff=30.0)
+_SINK_RETRY = Backoff(initial=0.5, maximum=30.0)
 
 
 class Draining(Exception):
@@ -261,7 +262,7 @@ class Dispatcher:
         if event.settled is not None:  # the bug came after the settle
             return
         self._mark_started(event)
-        outcome = Outcome(Verdict.PERMANENT, "internal_error", detail=_describe(err))
+        outcome = Outcome(Verdict.PERMANENT, "internal_error", detail=describe(err))
         try:
             await self._dead_letter(event, outcome, attempts=0)
         except Draining:
@@ -274,7 +275,7 @@ class Dispatcher:
     def _bug(self, event: Event, err: BaseException,
              what: str = "internal error; dead-lettering") -> None:
         self._stats.internal_errors += 1
-        self._log.error(what, event_id=event.id, error=_describe(err), exc_info=err)
+        self._log.error(what, event_id=event.id, error=describe(err), exc_info=err)
 
     def _release(self, event: Event) -> None:
         self._arrival.pop(event, None)
@@ -338,7 +339,7 @@ class Dispatcher:
             )
         except Exception as err:  # the invoker never raises for a failed attempt: a bug
             self._bug(event, err)
-            outcome = Outcome(Verdict.PERMANENT, "internal_error", detail=_describe(err))
+            outcome = Outcome(Verdict.PERMANENT, "internal_error", detail=describe(err))
         finally:
             self._stats.in_flight -= 1
         self._stats.outcome(outcome.verdict.value, outcome.duration)
@@ -396,7 +397,7 @@ class Dispatcher:
                         sink, written = fallback, replace(record, refused=reason)
                         continue
                     blocked = self._block(blocked, True)
-                    delay = backoff(_SINK_RETRY, failures + 1)
+                    delay = _SINK_RETRY.delay(failures + 1)
                     self._log.error(
                         "dead letter refused for good; event blocked until the sink takes it "
                         "(fix the sink, or set dead_letter.fallback)",
@@ -405,7 +406,7 @@ class Dispatcher:
                     sink, written = primary, record
                 except Exception as err:
                     blocked = self._block(blocked, False)
-                    delay = backoff(_SINK_RETRY, failures + 1)
+                    delay = _SINK_RETRY.delay(failures + 1)
                     self._log.error(
                         "dead-letter write failed; event stays unsettled",
                         event_id=event.id, error=str(err)[:300], retry_in=round(delay, 3),
@@ -501,10 +502,6 @@ class Dispatcher:
         self._ready.clear()
         self._lanes.clear()
         return not leftover
-
-
-def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"[:300]
 
 
 def _past(deadline: datetime | None) -> bool:

@@ -37,7 +37,6 @@ or a removed sink leaves no connection behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -49,6 +48,7 @@ from typing import Protocol
 import aiohttp
 
 from bridge.admin import AdminServer
+from bridge.closing import close_quietly
 from bridge.config import (
     BridgeConfig,
     ConfigError,
@@ -61,17 +61,19 @@ from bridge.config import (
 )
 from bridge.deadletter import Sink, sink_key
 from bridge.dispatcher import Dispatcher
+from bridge.errors import describe
 from bridge.invoker import Invoker
 from bridge.leadership import AlwaysLeader, Leadership
 from bridge.logs import Logger, get_logger, redact
 from bridge.metrics import Metrics
 from bridge.pools import BalancedPool, Pool, Target, WatchedPool
-from bridge.retry import RetryPolicy, backoff
+from bridge.retry import Backoff
 from bridge.settings import Settings
 from bridge.supervisor import Loop, Supervisor
 from connectors.base import Connector, ConnectorContext, connector_factory, sink_factory
 
-_RESTART = RetryPolicy(max_attempts=1, initial_backoff=1.0, max_backoff=30.0)
+#: A connector that fails to start or breaks is started again after this.
+_RESTART = Backoff(initial=1.0, maximum=30.0)
 _STOP_TIMEOUT = 15.0
 #: The whole stop takes at most BRIDGE_DRAIN_TIMEOUT + this (deploy/'s grace period is
 #: set from it). Half a second of the documented 5 s is left for the interpreter's exit.
@@ -246,7 +248,7 @@ class Runtime:
             self.log.warning("stop step cut off at the stop budget", step=what,
                              timeout=round(timeout, 3), **context)
         except Exception as err:
-            self.log.warning("stop step failed", step=what, error=_describe(err), **context)
+            self.log.warning("stop step failed", step=what, error=describe(err, 400), **context)
 
     def readiness(self) -> Mapping[str, bool]:
         ready = {name: running.connector.ready for name, running in self.triggers.items()}
@@ -339,7 +341,7 @@ class Runtime:
             await self._close_target(name)
         for resource in [*self._sinks.values(), *self.context.shared_values(),
                          *self._resources]:
-            await _quietly(resource.close)
+            await close_quietly(resource.close, timeout=_STOP_TIMEOUT)
         self._sinks.clear()
         if self._session is not None:
             await self._session.close()
@@ -405,12 +407,12 @@ class Runtime:
                 raise
             except Exception as err:
                 running.failures += 1
-                delay = backoff(_RESTART, running.failures)
+                delay = _RESTART.delay(running.failures)
                 self.log.error(
-                    "source failed", trigger=running.trigger.name, error=_describe(err),
+                    "source failed", trigger=running.trigger.name, error=describe(err, 400),
                     attempt=running.failures, retry_in=round(delay, 2),
                 )
-                await _quietly(connector.stop)
+                await close_quietly(connector.stop, timeout=_STOP_TIMEOUT)
                 await asyncio.sleep(delay)
 
     async def _stop_intake(self, running: list[RunningTrigger]) -> None:
@@ -422,7 +424,7 @@ class Runtime:
                 await running.connector.stop()
         except Exception as err:
             self.log.warning(
-                "connector stop failed", trigger=running.trigger.name, error=_describe(err)
+                "connector stop failed", trigger=running.trigger.name, error=describe(err, 400)
             )
 
     # --- shared parts ----------------------------------------------------------------
@@ -460,7 +462,7 @@ class Runtime:
         self._watched.pop(name, None)
         target = self._targets.pop(name, None)
         if target is not None:
-            await _quietly(target.close)
+            await close_quietly(target.close, timeout=_STOP_TIMEOUT)
 
     async def _sink(self, config: SinkConfig, trigger: ResolvedTrigger) -> tuple[str, Sink]:
         """The sink for ``config`` (shared with every trigger whose settings are equal,
@@ -473,7 +475,7 @@ class Runtime:
                     await sink.start()
             except Exception as err:
                 error = (f"no answer within {_SINK_START_TIMEOUT:g}s"
-                         if isinstance(err, TimeoutError) else _describe(err))
+                         if isinstance(err, TimeoutError) else describe(err, 400))
                 self.log.error("dead-letter sink not available yet", trigger=trigger.name,
                                sink=config.kind, error=error)
             self._sinks[key] = sink
@@ -485,20 +487,16 @@ class Runtime:
         used = {key for running in self.triggers.values() for key in running.sinks}
         for key in [k for k in self._sinks if k not in used]:
             sink = self._sinks.pop(key)
-            await _quietly(sink.close)
+            await close_quietly(sink.close, timeout=_STOP_TIMEOUT)
             self.log.info("dead-letter sink closed: no trigger uses it",
                           sink=type(sink).__name__)
 
 
 def _build_error(trigger: ResolvedTrigger, err: BaseException) -> str:
     """Why ``trigger`` could not be built, without any piece of its secrets."""
-    return redact(_describe(err), secrets_of(trigger.config, trigger.function,
+    return redact(describe(err, 400), secrets_of(trigger.config, trigger.function,
                                              trigger.dead_letter))
 
-
-def _describe(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text}"[:400] if text else type(err).__name__
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -507,9 +505,3 @@ async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
-
-async def _quietly(step: Callable[[], Awaitable[object]]) -> None:
-    """Run a closing step, bounded, ignoring its failure (the stop goes on)."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(_STOP_TIMEOUT):
-            await step()

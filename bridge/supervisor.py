@@ -34,17 +34,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bridge.errors import describe
 from bridge.logs import Logger
 from bridge.metrics import Metrics
-from bridge.retry import RetryPolicy, backoff
+from bridge.retry import Backoff
 
 #: The restart backoff: 1 s doubling to 30 s, jittered.
-RESTART = RetryPolicy(max_attempts=1, initial_backoff=1.0, max_backoff=30.0)
+RESTART = Backoff(initial=1.0, maximum=30.0)
 
 
 def restart_delay(crashes: int) -> float:
     """Seconds before restarting after ``crashes`` consecutive crashes (1-based)."""
-    return backoff(RESTART, crashes)
+    return RESTART.delay(crashes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ class Supervisor:
         metrics: Metrics,
         *,
         delay: Callable[[int], float] = restart_delay,
-        healthy_after: float = RESTART.max_backoff,
+        healthy_after: float = RESTART.maximum,
     ) -> None:
         self._log = log
         self._metrics = metrics
@@ -140,14 +141,9 @@ class Supervisor:
                 self._metrics.task_crashes.labels(name).inc()
                 if not restart:
                     self._log.error("background task crashed", task=name,
-                                    error=_describe(crash), exc_info=crash)
+                                    error=describe(crash, 400), exc_info=crash)
                     return
                 self._log.error("background task crashed; restarting", task=name,
-                                error=_describe(crash), attempt=crashes,
+                                error=describe(crash, 400), attempt=crashes,
                                 retry_in=round(delay, 3), exc_info=crash)
             await asyncio.sleep(delay)
-
-
-def _describe(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text}"[:400] if text else type(err).__name__

@@ -85,7 +85,7 @@ def test_the_restart_backoff_grows_to_30_seconds() -> None:
     assert 0.5 <= restart_delay(1) <= 1.0
     assert 1.0 <= restart_delay(2) <= 2.0
     assert 15.0 <= restart_delay(10) <= 30.0
-    assert RESTART.max_backoff == 30.0
+    assert RESTART.maximum == 30.0
 
 
 async def test_a_crash_waits_its_backoff_before_the_restart() -> None:
