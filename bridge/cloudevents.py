@@ -176,7 +176,7 @@ def parse_structured(body: bytes) -> CloudEvent:
     """A structured-mode CloudEvent (JSON format) from its envelope; checked."""
     envelope = _envelope(body)
     attributes = _attributes(envelope)
-    data, content_type = _data(envelope, attributes.get("datacontenttype"))
+    data, content_type = _envelope_data(envelope, attributes.get("datacontenttype"))
     return CloudEvent(attributes, validate(attributes), data, content_type)
 
 
@@ -201,7 +201,7 @@ def _attributes(envelope: dict[str, Any]) -> dict[str, str]:
     return attributes
 
 
-def _data(envelope: dict[str, Any], content_type: str | None) -> tuple[bytes, str | None]:
+def _envelope_data(envelope: dict[str, Any], content_type: str | None) -> tuple[bytes, str | None]:
     """The data bytes and their content type; ``null`` members count as absent."""
     encoded, data = envelope.get("data_base64"), envelope.get("data")
     if encoded is not None:

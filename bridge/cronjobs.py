@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from bridge.config import NAME_MAX
 from bridge.schedule import ScheduleError, parse_schedule
 
 FUNCTION_ANNOTATION = "triggerbridge.dev/function"
@@ -45,7 +46,6 @@ DEFAULT_FUNCTION_TEMPLATE = "{name}"
 #: Exit statuses (documented in docs/cronjob-import.md).
 EXIT_ALL_CONVERTED, EXIT_SOME_NOT_CONVERTED, EXIT_BAD_INPUT = 0, 1, 2
 
-_NAME_MAX = 63
 _TZ_PREFIX = re.compile(r"^\s*(CRON_TZ|TZ)=(\S*)\s+(.*)$", re.DOTALL)
 _TEMPLATE_FIELDS = ("namespace", "name")
 #: spec keys the importer maps (everything else of spec is reported)
@@ -392,9 +392,9 @@ def _fill(template: str, job: CronJob) -> str:
 def _dns_label(raw: str) -> str:
     """A Kubernetes-style name: [a-z0-9-], at most 63, a hash suffix when shortened."""
     name = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw.lower())).strip("-") or "cronjob"
-    if len(name) > _NAME_MAX:
+    if len(name) > NAME_MAX:
         digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
-        name = name[: _NAME_MAX - 9].rstrip("-") + "-" + digest
+        name = name[: NAME_MAX - 9].rstrip("-") + "-" + digest
     return name
 
 
@@ -403,7 +403,7 @@ def _unique(name: str, taken: set[str], notes: list[str]) -> str:
     while candidate in taken:
         n += 1
         suffix = f"-{n}"
-        candidate = name[: _NAME_MAX - len(suffix)].rstrip("-") + suffix
+        candidate = name[: NAME_MAX - len(suffix)].rstrip("-") + suffix
     if candidate != name:
         notes.append(f"trigger name {name!r} already taken: named {candidate!r}")
     taken.add(candidate)

@@ -52,15 +52,15 @@ def get_logger(**context: Any) -> Logger:
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*)(:[^@/\s]*)?@", re.I)
 
 
-def redact(text: str, secrets: Iterable[str], piece: int = 4) -> str:
-    """``text`` without any of ``secrets``, nor any piece of one ``piece`` characters long
-    (a shorter secret only as a whole).
+def redact(text: str, secrets: Iterable[str], shortest_fragment: int = 4) -> str:
+    """``text`` without any of ``secrets``, nor any fragment of one at least
+    ``shortest_fragment`` characters long (a shorter secret only as a whole).
 
     For messages that may quote a setting (a client library's error about a URL it could
-    not use): a part of a password is as bad as all of it. Longest pieces go first.
+    not use): a part of a password is as bad as all of it. Longest fragments go first.
     """
     for secret in sorted(secrets, key=len, reverse=True):
-        for length in range(len(secret), min(piece, len(secret)) - 1, -1):
+        for length in range(len(secret), min(shortest_fragment, len(secret)) - 1, -1):
             for start in range(len(secret) - length + 1):
                 fragment = secret[start : start + length]
                 if fragment in text:

@@ -101,7 +101,7 @@ def _canonical(value: Any) -> Any:
     return {"other": repr(value)}
 
 
-def _text(value: Any) -> str | None:
+def _value_text(value: Any) -> str | None:
     """A scalar header value as text, or None for tables, arrays and binary.
 
     Strings, numbers and booleans as CloudEvents attributes write them
@@ -123,11 +123,11 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def _raw(value: Any) -> bytes:
+def _value_bytes(value: Any) -> bytes:
     """A header value as bytes for dead-letter records (text, or JSON for composites)."""
     if isinstance(value, bytes | bytearray):
         return bytes(value)
-    text = _text(value)
+    text = _value_text(value)
     if text is not None:
         return text.encode()
     return json.dumps(_canonical(value), separators=(",", ":"), ensure_ascii=False).encode()
@@ -170,7 +170,7 @@ def _property_text(name: str, value: Any) -> str:
         raise CloudEventError(
             f"invalid CloudEvents application property name {name!r} (lower-case a-z0-9 only)"
         )
-    text = _text(value)
+    text = _value_text(value)
     if text is None:
         raise CloudEventError(
             f"CloudEvents application property {name!r} has a value that is not text"
@@ -217,7 +217,7 @@ class EventMapper:
     def _fill(self, event: Event, message: AbstractIncomingMessage,
               headers: Mapping[str, Any]) -> None:
         if headers:
-            event.headers = tuple((k, _raw(v)) for k, v in headers.items())
+            event.headers = tuple((k, _value_bytes(v)) for k, v in headers.items())
         event.http_headers = self._http_headers(message, headers)
         if self._keyed:
             event.ordering_key = self._ordering_key(message, headers)
@@ -259,7 +259,7 @@ class EventMapper:
 
     def _ordering_key(self, message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> str:
         if self._ordering_header is not None:
-            value = _text(headers.get(self._ordering_header))
+            value = _value_text(headers.get(self._ordering_header))
             if value is not None:
                 return value
         return message.routing_key or ""
@@ -272,14 +272,14 @@ class EventMapper:
         for name, value in headers.items():
             if name.startswith(CE_PREFIXES):
                 continue
-            text = _text(value)
+            text = _value_text(value)
             if text is not None and _header_safe(text):
                 result[HEADER_PREFIX + name] = text
         for attribute, header in _PROPERTY_HEADERS:
             value = getattr(message, attribute, None)
             if not value:
                 continue  # unset (priority 0 is AMQP's "none"; aio-pika always reports it)
-            text = value if isinstance(value, str) else _text(value)
+            text = value if isinstance(value, str) else _value_text(value)
             if text and _header_safe(text):
                 result[header] = text
         return result

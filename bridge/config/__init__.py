@@ -24,6 +24,7 @@ Everything the rest of the code uses is imported from ``bridge.config`` itself.
 from __future__ import annotations
 
 from bridge.config.fields import (
+    NAME_MAX,
     AmqpUrl,
     Duration,
     HttpUrl,
@@ -69,6 +70,7 @@ from bridge.config.triggers import (
 )
 
 __all__ = [
+    "NAME_MAX",
     "SOURCE_KINDS",
     "AmqpUrl",
     "BridgeConfig",
