@@ -39,6 +39,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+#: Binary mode in the protocol bindings: a Kafka record's attributes are ``ce_<name>``
+#: headers; an AMQP message's ``cloudEvents:<name>`` application properties (or
+#: ``cloudEvents_<name>``, the JMS-safe form; the first is what the bridge writes).
+KAFKA_PREFIX = "ce_"
+AMQP_PREFIXES = ("cloudEvents:", "cloudEvents_")
 #: Content type of a structured-mode CloudEvent in the JSON format.
 STRUCTURED = "application/cloudevents+json"
 SPEC_VERSION = "1.0"

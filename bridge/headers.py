@@ -28,6 +28,9 @@ TRANSPORT_HEADERS = frozenset(
 BRIDGE_HEADERS = frozenset({"bridge-trigger", "bridge-attempt"})
 #: CloudEvents binary mode: context attributes travel as ``ce-<name>`` headers.
 CE_PREFIX = "ce-"
+#: A message's own headers reach the function as HTTP headers with these prefixes.
+KAFKA_HEADER_PREFIX = "kafka-header-"
+AMQP_HEADER_PREFIX = "amqp-header-"
 
 
 def is_header_name(name: str) -> bool:

@@ -33,12 +33,11 @@ from datetime import UTC, datetime
 from aiokafka.structs import ConsumerRecord
 
 from bridge import cloudevents
-from bridge.cloudevents import CloudEventError, Problem
+from bridge.cloudevents import KAFKA_PREFIX, CloudEventError, Problem
 from bridge.events import Event, Settler
-from bridge.headers import is_header_name
+from bridge.headers import KAFKA_HEADER_PREFIX, is_header_name
 
 EVENT_TYPE = "dev.triggerbridge.kafka.record"
-HEADER_PREFIX = "kafka-header-"
 
 _PRINTABLE = re.compile(rb"^[\x20-\x7e\t]*\Z")
 
@@ -111,11 +110,11 @@ def _http_headers(headers: Headers) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in headers:
         lower = name.lower()
-        if lower == "content-type" or lower.startswith("ce_") or not is_header_name(name):
+        if lower == "content-type" or lower.startswith(KAFKA_PREFIX) or not is_header_name(name):
             continue
         if not _PRINTABLE.match(value):
             continue
-        http_name = HEADER_PREFIX + lower
+        http_name = KAFKA_HEADER_PREFIX + lower
         text = value.decode("ascii")
         out[http_name] = f"{out[http_name]}, {text}" if http_name in out else text
     return out
@@ -132,7 +131,7 @@ def _apply_cloudevent(event: Event, kafka: dict[str, str]) -> None:
     """
     if cloudevents.is_structured(event.content_type):
         cloudevent = cloudevents.parse_structured(event.data)
-    elif any(name.lower() == "ce_specversion" for name, _ in event.headers):
+    elif any(name.lower() == KAFKA_PREFIX + "specversion" for name, _ in event.headers):
         binary = _binary_attributes(event.headers)
         cloudevent = cloudevents.from_binary(binary, event.data, event.content_type)
     else:
@@ -143,9 +142,9 @@ def _apply_cloudevent(event: Event, kafka: dict[str, str]) -> None:
 def _binary_attributes(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
     attributes: dict[str, str] = {}
     for name, value in headers:
-        if not name.lower().startswith("ce_"):
+        if not name.lower().startswith(KAFKA_PREFIX):
             continue
-        attribute = name[3:]
+        attribute = name[len(KAFKA_PREFIX):]
         if not cloudevents.is_attribute_name(attribute) or attribute == "data":
             bad_name = Problem.BAD_NAME.text(name=attribute)
             raise CloudEventError(f"header {name!r}: {bad_name}")

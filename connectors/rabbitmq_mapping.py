@@ -36,15 +36,13 @@ from urllib.parse import quote
 from aio_pika.abc import AbstractIncomingMessage
 
 from bridge import cloudevents
-from bridge.cloudevents import STRUCTURED, CloudEvent, CloudEventError, Problem
+from bridge.cloudevents import AMQP_PREFIXES, STRUCTURED, CloudEvent, CloudEventError, Problem
 from bridge.config import RabbitSource
 from bridge.errors import describe
 from bridge.events import Event, format_time
+from bridge.headers import AMQP_HEADER_PREFIX
 
 EVENT_TYPE = "dev.triggerbridge.rabbitmq.message"
-#: Message headers reach the function as HTTP headers with this prefix.
-HEADER_PREFIX = "amqp-header-"
-CE_PREFIXES = ("cloudEvents:", "cloudEvents_")
 #: Headers the broker adds or rewrites between deliveries of one message: left out of
 #: the id hash (a redelivery keeps its id) and of republished dead letters.
 VOLATILE_HEADERS = frozenset({
@@ -154,12 +152,12 @@ def binary_attributes(headers: Mapping[str, Any]) -> dict[str, str] | None:
     """Attributes from ``cloudEvents:``/``cloudEvents_`` application properties, if any."""
     found: dict[str, Any] = {}
     for name, value in headers.items():
-        prefix = next((p for p in CE_PREFIXES if name.startswith(p)), None)
+        prefix = next((p for p in AMQP_PREFIXES if name.startswith(p)), None)
         if prefix is None:
             continue
         attr = name[len(prefix):]
         if attr in found and found[attr] != value:
-            raise CloudEventError(f"{CE_PREFIXES[0]}{attr} and {CE_PREFIXES[1]}{attr} disagree")
+            raise CloudEventError(f"{AMQP_PREFIXES[0]}{attr} and {AMQP_PREFIXES[1]}{attr} disagree")
         found[attr] = value
     return {name: _property_text(name, value) for name, value in found.items()} or None
 
@@ -270,11 +268,11 @@ class EventMapper:
     ) -> dict[str, str]:
         result: dict[str, str] = {}
         for name, value in headers.items():
-            if name.startswith(CE_PREFIXES):
+            if name.startswith(AMQP_PREFIXES):
                 continue
             text = _value_text(value)
             if text is not None and _header_safe(text):
-                result[HEADER_PREFIX + name] = text
+                result[AMQP_HEADER_PREFIX + name] = text
         for attribute, header in _PROPERTY_HEADERS:
             value = getattr(message, attribute, None)
             if not value:

@@ -38,13 +38,14 @@ from aio_pika.abc import (
 )
 
 from bridge.closing import close_quietly
+from bridge.cloudevents import AMQP_PREFIXES
 from bridge.config import ResolvedTrigger, TlsConfig
 from bridge.deadletter import Sink
 from bridge.logs import Logger, get_logger
 from bridge.redrive.letters import INVALID_MESSAGE, Letter, NotALetter, NotRedrivable, from_fields
 from bridge.redrive.sources import Item, SourceError
 from connectors.rabbitmq_connection import CLOSE_TIMEOUT, RabbitSetupError, connect, explain
-from connectors.rabbitmq_mapping import CE_PREFIXES, VOLATILE_HEADERS
+from connectors.rabbitmq_mapping import VOLATILE_HEADERS
 from connectors.rabbitmq_sink import RabbitPublishSink, _amqp_value
 
 #: Extensions the daemon derives from the delivery; a republished message gets new ones.
@@ -137,8 +138,8 @@ def letter_of(message: AbstractIncomingMessage, position: str) -> Letter:
             key = _bytes(value)
         elif name.startswith("bridge-"):
             fields[name] = _bytes(value).decode("utf-8", "replace")
-        elif name.startswith(CE_PREFIXES):
-            prefix = next(p for p in CE_PREFIXES if name.startswith(p))
+        elif name.startswith(AMQP_PREFIXES):
+            prefix = next(p for p in AMQP_PREFIXES if name.startswith(p))
             cloudevent[name[len(prefix):]] = _bytes(value).decode("utf-8", "replace")
         elif name not in VOLATILE_HEADERS:
             headers.append((name, _bytes(value)))
@@ -226,8 +227,8 @@ def republish_message(letter: Letter) -> aio_pika.Message:
     if letter.error != INVALID_MESSAGE:
         attributes = {k: v for k, v in letter.cloudevent.items()
                       if k not in _PLACE_EXTENSIONS and k != "datacontenttype"}
-        headers = {k: v for k, v in headers.items() if not k.startswith(CE_PREFIXES)}
-        headers.update({f"{CE_PREFIXES[0]}{k}": v for k, v in attributes.items()})
+        headers = {k: v for k, v in headers.items() if not k.startswith(AMQP_PREFIXES)}
+        headers.update({f"{AMQP_PREFIXES[0]}{k}": v for k, v in attributes.items()})
     return aio_pika.Message(
         body=letter.body,
         headers=headers,

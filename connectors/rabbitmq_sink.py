@@ -27,6 +27,7 @@ import aiormq.exceptions as amqp_errors
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from bridge.closing import close_quietly
+from bridge.cloudevents import AMQP_PREFIXES
 from bridge.config import RabbitSinkConfig, ResolvedTrigger, SinkConfig, TlsConfig
 from bridge.deadletter import DeadLetter, SinkRefused
 from bridge.errors import describe
@@ -39,7 +40,7 @@ from connectors.rabbitmq_connection import (
     refusal,
     scrub,
 )
-from connectors.rabbitmq_mapping import CE_PREFIXES, VOLATILE_HEADERS
+from connectors.rabbitmq_mapping import VOLATILE_HEADERS
 
 _PUBLISH_TIMEOUT = 30.0
 
@@ -170,7 +171,7 @@ def dead_letter_message(record: DeadLetter) -> aio_pika.Message:
         headers["bridge-key"] = _amqp_value(record.key)
     for attribute, text in record.cloudevent.items():
         if attribute != "datacontenttype":
-            headers[f"{CE_PREFIXES[0]}{attribute}"] = text
+            headers[f"{AMQP_PREFIXES[0]}{attribute}"] = text
     return aio_pika.Message(
         body=record.body,
         headers=headers,

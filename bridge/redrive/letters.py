@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.cloudevents import CORE
+from bridge.cloudevents import AMQP_PREFIXES, CORE, KAFKA_PREFIX
 from bridge.events import Event, Settler
-from bridge.headers import is_header_name
+from bridge.headers import AMQP_HEADER_PREFIX, KAFKA_HEADER_PREFIX, is_header_name
 
 REDRIVE_ATTEMPTS = "bridge-redrive-attempts"
 REDRIVE_HISTORY = "bridge-redrive-history"
@@ -39,9 +39,6 @@ _DETAIL_KEEP = 200
 INVALID_MESSAGE = "invalid_message"
 
 _PRINTABLE = re.compile(rb"^[\x20-\x7e\t]*\Z")
-#: HTTP headers the connectors give the function for the message's own headers.
-_KAFKA_HEADER, _AMQP_HEADER = "kafka-header-", "amqp-header-"
-_AMQP_CE_PREFIXES = ("cloudEvents:", "cloudEvents_")
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -296,10 +293,10 @@ def _http_headers(headers: Headers, kind: str) -> dict[str, str]:
             continue
         if kind == "kafka":
             lower = name.lower()
-            if lower == "content-type" or lower.startswith("ce_"):
+            if lower == "content-type" or lower.startswith(KAFKA_PREFIX):
                 continue
-            http_name, text = _KAFKA_HEADER + lower, value.decode("ascii")
+            http_name, text = KAFKA_HEADER_PREFIX + lower, value.decode("ascii")
             out[http_name] = f"{out[http_name]}, {text}" if http_name in out else text
-        elif kind == "rabbitmq" and not name.startswith(_AMQP_CE_PREFIXES):
-            out[_AMQP_HEADER + name] = value.decode("ascii")
+        elif kind == "rabbitmq" and not name.startswith(AMQP_PREFIXES):
+            out[AMQP_HEADER_PREFIX + name] = value.decode("ascii")
     return out

@@ -26,13 +26,13 @@ from bridge.closing import close_quietly
 from bridge.config import ConfigError, RabbitSource, TlsConfig, parse_config
 from bridge.errors import describe
 from bridge.events import Event
-from bridge.headers import is_header_name, is_reserved
+from bridge.headers import KAFKA_HEADER_PREFIX, is_header_name, is_reserved
 from bridge.invoker import build_headers
 from bridge.outcome import DEFAULT_RETRYABLE_STATUSES, Verdict, classify_status
 from bridge.retry import Backoff, RetryPolicy, backoff
 from bridge.tls import ssl_context
 from connectors.cron import encode_data
-from connectors.kafka_mapping import HEADER_PREFIX, record_event
+from connectors.kafka_mapping import record_event
 from connectors.rabbitmq_mapping import EventMapper
 
 # --- HTTP header names (bridge.headers) ------------------------------------------------
@@ -93,7 +93,7 @@ def _through_kafka(name: str) -> bool:
         headers=[(name, b"value")],
     )
     event = record_event("t", record, _no_settle)
-    return event.http_headers.get(HEADER_PREFIX + name.lower()) == "value"
+    return event.http_headers.get(KAFKA_HEADER_PREFIX + name.lower()) == "value"
 
 
 @pytest.mark.parametrize(("name", "valid", "reserved"), HEADER_NAMES)
