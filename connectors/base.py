@@ -91,7 +91,7 @@ SOURCES: dict[str, str] = {
 #: Dead-letter sink kind -> "module:attribute" of its factory.
 SINKS: dict[str, str] = {
     "file": "bridge.deadletter:file_sink",
-    "kafka": "connectors.kafka:kafka_sink",
+    "kafka": "connectors.kafka_sink:kafka_sink",
     "rabbitmq": "connectors.rabbitmq_sink:rabbit_sink",
 }
 

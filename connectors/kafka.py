@@ -1,4 +1,4 @@
-"""Kafka triggers on aiokafka: a consumer group source and a dead-letter topic sink.
+"""Kafka triggers on aiokafka: the consumer group source.
 
 **Delivery (at-least-once).** Auto-commit is off. Every record taken is tracked per
 partition (:mod:`connectors.kafka_offsets`); the dispatcher settles it after a 2xx or
@@ -47,29 +47,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka import errors as kafka_errors
-from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
-from bridge.config import (
-    KafkaConnection,
-    KafkaSinkConfig,
-    KafkaSource,
-    ResolvedTrigger,
-    SinkConfig,
-    TlsConfig,
-)
-from bridge.deadletter import DeadLetter, SinkRefused
+from bridge.config import KafkaSource, ResolvedTrigger
 from bridge.events import Disposition, Event
-from bridge.logs import Logger, get_logger
 from connectors.base import ConnectorContext
+from connectors.kafka_connection import (
+    REQUEST_TIMEOUT,
+    KafkaSourceError,
+    client_options,
+    close_client,
+    connect_failure,
+)
 from connectors.kafka_mapping import record_event
 from connectors.kafka_offsets import PartitionOffsets
 
@@ -77,97 +73,8 @@ from connectors.kafka_offsets import PartitionOffsets
 _POLL = 0.2
 #: Lag query (also the broker liveness probe behind ``ready``).
 _PROBE_INTERVAL = 5.0
-_REQUEST_TIMEOUT = 10.0
 #: aiokafka's max_poll_interval: a member that does not poll for this long leaves.
 _MAX_POLL_INTERVAL = 300.0
-_AUTH_ERRORS = (
-    kafka_errors.AuthenticationFailedError,
-    kafka_errors.AuthenticationMethodNotSupported,
-    kafka_errors.SaslAuthenticationFailed,
-    kafka_errors.UnsupportedSaslMechanismError,
-    kafka_errors.IllegalSaslStateError,
-)
-
-
-class KafkaSourceError(Exception):
-    """A Kafka source cannot start; the message says why (no secrets in it)."""
-
-
-# --- connection ----------------------------------------------------------------------
-
-
-def client_options(connection: KafkaConnection) -> dict[str, Any]:
-    """aiokafka keyword arguments for a connection (servers, security, client id)."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": list(connection.bootstrap_servers),
-        "client_id": connection.client_id,
-        "security_protocol": connection.security_protocol,
-    }
-    if connection.sasl is not None:
-        options["sasl_mechanism"] = connection.sasl.mechanism
-        options["sasl_plain_username"] = connection.sasl.username
-        options["sasl_plain_password"] = connection.sasl.password.get_secret_value()
-    if connection.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = ssl_context(connection.tls or TlsConfig())
-    return options
-
-
-def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """An SSL context from mounted files; raises KafkaSourceError naming the bad file."""
-    password = tls.key_password.get_secret_value() if tls.key_password else None
-    try:
-        context: ssl.SSLContext = create_ssl_context(
-            cafile=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file, password=password
-        )
-    except (OSError, ssl.SSLError) as err:
-        raise KafkaSourceError(f"cannot load TLS files: {err}") from None
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def describe_failure(err: BaseException, connection: KafkaConnection) -> str:
-    """A one-line cause for a failed connect: unreachable, authentication, other."""
-    servers = ",".join(connection.bootstrap_servers)
-    if isinstance(err, KafkaSourceError):
-        return str(err)
-    if isinstance(err, _AUTH_ERRORS) or (
-        connection.sasl is not None and not isinstance(err, kafka_errors.KafkaConnectionError)
-    ):
-        mechanism = connection.sasl.mechanism if connection.sasl else connection.security_protocol
-        return (
-            f"authentication with Kafka brokers {servers} failed ({mechanism}): "
-            f"{type(err).__name__}: {err}"
-        )
-    if isinstance(err, kafka_errors.KafkaConnectionError | OSError):
-        return f"Kafka brokers {servers} unreachable: {err}"
-    return f"cannot connect to Kafka brokers {servers}: {type(err).__name__}: {err}"
-
-
-async def connect_failure(err: BaseException, connection: KafkaConnection) -> str:
-    """:func:`describe_failure`, plus the TLS cause aiokafka hides behind "Unable to
-    bootstrap" (it only logs it): one handshake with the first server tells it."""
-    text = describe_failure(err, connection)
-    if not (
-        isinstance(err, kafka_errors.KafkaConnectionError)
-        and connection.security_protocol.endswith("SSL")
-    ):
-        return text
-    host, _, port = connection.bootstrap_servers[0].rpartition(":")
-    try:
-        context = ssl_context(connection.tls or TlsConfig())
-        async with asyncio.timeout(5):
-            _, writer = await asyncio.open_connection(host, int(port), ssl=context)
-        writer.close()
-    except ssl.SSLError as tls_err:
-        return f"TLS handshake with {host}:{port} failed: {tls_err}"
-    except (OSError, TimeoutError, ValueError, KafkaSourceError):
-        return text
-    return text
-
-
-# --- the source ----------------------------------------------------------------------
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -240,15 +147,6 @@ class KafkaConnector:
         """A queue source fires no scheduled ticks."""
         return None
 
-    @property
-    def unsettled(self) -> int:
-        """Records taken and not yet settled (what the backpressure bound counts)."""
-        return self._unsettled
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -275,7 +173,7 @@ class KafkaConnector:
                     " (create them; the bridge does not)"
                 )
         except BaseException as err:
-            await _close_client(consumer, self._log)
+            await close_client(consumer, self._log)
             if isinstance(err, Exception):
                 raise KafkaSourceError(await connect_failure(err, source)) from None
             raise
@@ -305,7 +203,7 @@ class KafkaConnector:
             self._set_paused(False)
             self._m_assigned.set(0)
             self._forget_lag(set(self._lag_series))
-            await _close_client(consumer, self._log)
+            await close_client(consumer, self._log)
             self._log.info("kafka consumer stopped", unsettled=self._unsettled)
 
     # --- intake -------------------------------------------------------------------------
@@ -461,7 +359,7 @@ class KafkaConnector:
             if not offsets:
                 return True
             try:
-                async with asyncio.timeout(_REQUEST_TIMEOUT):
+                async with asyncio.timeout(REQUEST_TIMEOUT):
                     await consumer.commit(offsets)
             except Exception as err:  # kept uncommitted: retried next time
                 self._m_commit_failures.inc()
@@ -485,7 +383,7 @@ class KafkaConnector:
         """
         states = dict(self._states)
         try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT / 2):
+            async with asyncio.timeout(REQUEST_TIMEOUT / 2):
                 ends = await consumer.end_offsets(list(states)) if states else {}
                 if not states:
                     await consumer.topics()
@@ -579,23 +477,6 @@ class KafkaConnector:
         )
 
 
-async def _close_client(client: AIOKafkaConsumer | AIOKafkaProducer, log: Logger) -> None:
-    """Stop an aiokafka client; never raises for the client's own troubles.
-
-    With the brokers gone, aiokafka's ``stop()`` re-raises the cancellation of its own
-    pending fetch tasks as ``CancelledError``; that is not a cancellation of the caller
-    (which ``Task.cancelling()`` tells apart), so it is swallowed like any other error.
-    """
-    try:
-        await client.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-    except Exception as err:  # closing anyway: report and carry on
-        log.warning("kafka client close failed", error=f"{type(err).__name__}: {err}"[:300])
-
-
 async def _known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     """The fetch position if it is known by now (nothing taken yet from ``tp``)."""
     try:
@@ -627,117 +508,3 @@ def _fetch_state(
 
 def _names(partitions: Iterable[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}/{tp.partition}" for tp in partitions)
-
-
-# --- the dead-letter sink ------------------------------------------------------------
-
-
-def dead_letter_headers(record: DeadLetter) -> list[tuple[str, bytes]]:
-    """Original headers + ``bridge-*`` + the CloudEvent as ``ce_*`` (Kafka binary mode).
-
-    The result is itself a binary-mode CloudEvent with the same attributes, so a redrive
-    reproduces the original invocation (same ``id``); a structured-mode original is
-    written in binary mode. A malformed message (``invalid_message``) keeps its original
-    headers exactly: it is not a CloudEvent and is not made into one.
-    """
-    bridge = [(name, value.encode("utf-8")) for name, value in record.bridge_headers()]
-    if record.error == "invalid_message":
-        return [*record.headers, *bridge]
-    kept = [
-        (name, value) for name, value in record.headers
-        if not name.lower().startswith("ce_") and name.lower() != "content-type"
-    ]
-    attributes = dict(record.cloudevent)
-    content_type = attributes.pop("datacontenttype", None)
-    ce = [(f"ce_{name}", value.encode("utf-8")) for name, value in attributes.items()]
-    if content_type:
-        ce.append(("content-type", content_type.encode("utf-8")))
-    return [*kept, *bridge, *ce]
-
-
-#: Produce errors no retry overcomes while the topic and the settings stay as they are:
-#: a record above ``max_request_size`` or the topic's ``max.message.bytes``, a topic that
-#: does not exist (after aiokafka waited a request timeout for it to appear in the
-#: metadata) or that this client may not write, a login the brokers refuse.
-_REFUSALS: tuple[type[Exception], ...] = (
-    kafka_errors.MessageSizeTooLargeError,
-    kafka_errors.RecordListTooLargeError,
-    kafka_errors.RecordTooLargeError,
-    kafka_errors.InvalidTopicError,
-    kafka_errors.UnknownTopicOrPartitionError,
-    kafka_errors.TopicAuthorizationFailedError,
-    kafka_errors.ClusterAuthorizationFailedError,
-    kafka_errors.PolicyViolationError,
-    *_AUTH_ERRORS,
-)
-
-
-class KafkaSink:
-    """Dead letters to a topic: ``acks=all``, and ``write`` awaits the broker's ack.
-
-    ``start`` may fail (brokers down): ``write`` then connects first, so the dispatcher's
-    write retries double as reconnects. A refusal for good (:data:`_REFUSALS`) raises
-    :class:`~bridge.deadletter.SinkRefused`; everything else (brokers unreachable, a
-    request timeout) is retryable.
-    """
-
-    def __init__(
-        self, topic: str, connection: KafkaConnection, log: Logger | None = None,
-        max_request_size: int = 64 * 1024 * 1024,
-    ) -> None:
-        self.topic = topic
-        self._connection = connection
-        self._max_request_size = max_request_size
-        self._log = log or get_logger(sink="kafka", topic=topic)
-        self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
-
-    async def start(self) -> None:
-        async with self._lock:
-            if self._producer is not None:
-                return
-            producer = AIOKafkaProducer(
-                **client_options(self._connection),
-                acks="all",
-                max_request_size=self._max_request_size,
-                request_timeout_ms=int(_REQUEST_TIMEOUT * 3 * 1000),
-            )
-            try:
-                await producer.start()
-            except BaseException as err:
-                await _close_client(producer, self._log)
-                if isinstance(err, Exception):
-                    message = await connect_failure(err, self._connection)
-                    error = SinkRefused if isinstance(err, _REFUSALS) else KafkaSourceError
-                    raise error(message) from None
-                raise
-            self._producer = producer
-
-    async def write(self, record: DeadLetter) -> None:
-        await self.start()
-        producer = self._producer
-        assert producer is not None
-        try:
-            await producer.send_and_wait(
-                self.topic, value=record.body, key=record.key,
-                headers=dead_letter_headers(record),
-            )
-        except _REFUSALS as err:
-            raise SinkRefused(
-                f"topic {self.topic!r} refused the dead letter: {type(err).__name__}: {err}"[:400]
-            ) from None
-
-    async def close(self) -> None:
-        async with self._lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            await _close_client(producer, self._log)
-
-
-def kafka_sink(config: SinkConfig, trigger: ResolvedTrigger) -> KafkaSink:
-    """Sink factory for ``dead_letter: {kafka: {...}}`` (see ``connectors.base.SINKS``)."""
-    sink: KafkaSinkConfig | None = config.kafka
-    assert sink is not None
-    log = get_logger(trigger=trigger.name, sink="kafka", topic=sink.topic)
-    return KafkaSink(sink.topic, sink.connection(trigger.config.kafka), log,
-                     sink.max_request_size)

@@ -41,8 +41,9 @@ from bridge.deadletter import Sink
 from bridge.logs import Logger, get_logger
 from bridge.redrive.letters import INVALID_MESSAGE, Letter, NotALetter, NotRedrivable, from_fields
 from bridge.redrive.sources import Item, SourceError
-from connectors.kafka import KafkaSink, _close_client, client_options, connect_failure
+from connectors.kafka_connection import client_options, close_client, connect_failure
 from connectors.kafka_offsets import PartitionOffsets
+from connectors.kafka_sink import KafkaSink
 
 DEFAULT_GROUP = "trigger-bridge-redrive"
 #: Extensions the daemon derives from where a record is; a republished record gets new ones.
@@ -99,10 +100,10 @@ class KafkaLetters:
                 self._starts[tp] = start
                 self._offsets[tp] = PartitionOffsets(tp)
         except SourceError:
-            await _close_client(consumer, self._log)
+            await close_client(consumer, self._log)
             raise
         except Exception as err:
-            await _close_client(consumer, self._log)
+            await close_client(consumer, self._log)
             raise SourceError(await connect_failure(err, self._connection)) from None
         self._consumer = consumer
 
@@ -172,7 +173,7 @@ class KafkaLetters:
                 await self._commit()
                 self._consumer = None
         finally:
-            await _close_client(consumer, self._log)
+            await close_client(consumer, self._log)
 
 
 def letter_of(record: ConsumerRecord[bytes, bytes], position: str) -> Letter:
@@ -233,14 +234,14 @@ class KafkaRepublisher:
             try:
                 await producer.start()
             except Exception as err:
-                await _close_client(producer, self._log)
+                await close_client(producer, self._log)
                 raise SourceError(await connect_failure(err, source)) from None
             self._producers[trigger.name] = producer
             return producer
 
     async def close(self) -> None:
         producers, self._producers = list(self._producers.values()), {}
-        await asyncio.gather(*(_close_client(p, self._log) for p in producers))
+        await asyncio.gather(*(close_client(p, self._log) for p in producers))
 
 
 def _source_topic(letter: Letter, trigger: ResolvedTrigger) -> str:

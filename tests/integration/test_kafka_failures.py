@@ -23,7 +23,9 @@ from bridge.logs import get_logger
 from bridge.metrics import Metrics
 from bridge.outcome import Outcome, Verdict
 from connectors.base import ConnectorContext
-from connectors.kafka import KafkaConnector, KafkaSourceError, kafka_sink
+from connectors.kafka import KafkaConnector
+from connectors.kafka_connection import KafkaSourceError
+from connectors.kafka_sink import kafka_sink
 from tests.support import kafka as kafka_support
 from tests.support.daemon import free_port
 from tests.support.kafka import (

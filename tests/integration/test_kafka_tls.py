@@ -13,7 +13,8 @@ from bridge.leadership import AlwaysLeader
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
 from connectors.base import ConnectorContext
-from connectors.kafka import KafkaConnector, KafkaSourceError, ssl_context
+from connectors.kafka import KafkaConnector
+from connectors.kafka_connection import KafkaSourceError, ssl_context
 from tests.support.functions import RecordingFunction
 from tests.support.kafka import (
     bridge_config,

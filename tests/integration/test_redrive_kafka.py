@@ -8,8 +8,8 @@ from pathlib import Path
 
 import tests.support.kafka
 from bridge.config import KafkaConnection
-from connectors.kafka import KafkaSink
 from connectors.kafka_mapping import record_event
+from connectors.kafka_sink import KafkaSink
 from tests.support.functions import Call, RecordingFunction, Reply
 from tests.support.kafka import KafkaBroker
 from tests.support.redrive import (

@@ -14,7 +14,12 @@ from bridge.config import (
     TlsConfig,
     parse_config,
 )
-from connectors.kafka import KafkaSourceError, client_options, describe_failure, ssl_context
+from connectors.kafka_connection import (
+    KafkaSourceError,
+    client_options,
+    describe_failure,
+    ssl_context,
+)
 
 HEAD = """\
 functions:

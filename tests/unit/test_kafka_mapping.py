@@ -14,8 +14,8 @@ from bridge.deadletter import DeadLetter
 from bridge.events import Event
 from bridge.invoker import build_headers
 from bridge.outcome import Outcome, Verdict
-from connectors.kafka import dead_letter_headers
 from connectors.kafka_mapping import EVENT_TYPE, record_event
+from connectors.kafka_sink import dead_letter_headers
 
 STAMP = 1_700_000_000_123
 

@@ -120,13 +120,13 @@ async def test_the_kafka_settler_commits_only_delivered_or_dead_lettered_records
     connector = KafkaConnector(config.resolve(config.triggers[0]), context)
     state = PartitionOffsets(TP)
     events = [connector._take(state, _record(offset)) for offset in range(4)]
-    assert connector.unsettled == 4
+    assert connector._unsettled == 4
     await events[0].settle(Disposition.DELIVERED)
     await events[1].settle(Disposition.ABANDONED)
     await events[2].settle(Disposition.DEAD_LETTERED)
     await events[3].settle(Disposition.DELIVERED)
     assert state.commit_point() == 1, "an abandoned record is never committed past"
-    assert connector.unsettled == 0
+    assert connector._unsettled == 0
 
 
 def _record(offset: int) -> ConsumerRecord[bytes, bytes]:

@@ -124,7 +124,7 @@ def test_letters_that_cannot_be_rebuilt() -> None:
 
 def test_a_kafka_record_splits_back_into_the_dead_letter() -> None:
     record = dead_letter(kafka_event("orders", 4, b"k", b"v"))
-    from connectors.kafka import dead_letter_headers
+    from connectors.kafka_sink import dead_letter_headers
 
     stored = ConsumerRecord("dlq", 0, 9, 0, 0, b"k", b"v", None, 1, 1, dead_letter_headers(record))
     letter = letter_of(stored, "dlq/0/9")
