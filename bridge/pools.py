@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import operator
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -177,5 +176,5 @@ class Target:
         return True
 
     async def close(self) -> None:
-        with suppress(Exception):
-            await self.pool.close()
+        """Close the pool (callers close targets quietly: ``bridge.closing``)."""
+        await self.pool.close()

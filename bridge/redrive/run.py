@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 
+from bridge.closing import close_quietly
 from bridge.config import BridgeConfig, ResolvedTrigger, SinkConfig
 from bridge.deadletter import DeadLetter, Sink, sink_key
 from bridge.dispatcher import Dispatcher
@@ -56,6 +57,8 @@ _PUBLISH_WINDOW = 100
 _PUBLISH_TRIES = 3
 #: How long the endpoint watches of ``kubernetes`` functions may take to stop.
 _WATCH_STOP_TIMEOUT = 5.0
+#: Bound of closing one sink, target or republisher at the end.
+_CLOSE_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,13 +394,11 @@ class Redrive:
 
     async def _close(self) -> None:
         await self._supervisor.stop(_WATCH_STOP_TIMEOUT)
-        closing: list[Awaitable[object]] = [s.close() for s in self._sinks.values()]
-        closing += [t.close() for t in self._targets.values()]
-        closing += [r.close() for r in self._republishers.values()]
-        results = await asyncio.gather(*closing, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception):
-                self._log.warning("close failed", error=describe(result))
+        closers: list[Callable[[], Awaitable[object]]] = [s.close for s in self._sinks.values()]
+        closers += [t.close for t in self._targets.values()]
+        closers += [r.close for r in self._republishers.values()]
+        await asyncio.gather(*(close_quietly(close, timeout=_CLOSE_TIMEOUT, log=self._log)
+                               for close in closers))
         if self._session is not None:
             await self._session.close()
         await self.source.close()
