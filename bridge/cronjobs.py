@@ -139,7 +139,7 @@ def import_cronjobs(text: str, source: str, options: ImportOptions) -> ImportRes
             report.append(f"{source}: {entry.where} CronJob {entry.ref}: NOT CONVERTED: {err}")
             continue
         converted.append(item)
-        report.extend(_describe(source, item))
+        report.extend(_conversion_lines(source, item))
     if options.as_crd:
         output = _render_crds(converted, source, options)
     else:
@@ -418,7 +418,7 @@ def _check_template(flag: str, template: str) -> None:
         raise ImportFailure(f"{flag} {template!r}: {err!s} (allowed: {allowed})") from None
 
 
-def _describe(source: str, item: Converted) -> Iterator[str]:
+def _conversion_lines(source: str, item: Converted) -> Iterator[str]:
     yield (f"{source}: {item.job.where} CronJob {item.job.ref} ({item.job.api_version}) -> "
            f"trigger {item.trigger!r}, function {item.function!r} ({item.function_source})")
     for note in item.notes:

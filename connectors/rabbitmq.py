@@ -52,7 +52,6 @@ the queue's dead-letter exchange.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -235,9 +234,8 @@ class RabbitConnector:
         probe = await aio_pika.Channel(connection, publisher_confirms=False)
         try:
             await self._queue(probe)
-        finally:
-            with contextlib.suppress(Exception):  # the broker may have closed it already
-                await probe.close()
+        finally:  # the broker may have closed it already
+            await close_quietly(probe.close, timeout=CLOSE_TIMEOUT)
         if not self.ready:  # a reconnect may have restored the consumer meanwhile
             await queue.consume(self._on_message, no_ack=False, consumer_tag=self._consumer_tag)
 

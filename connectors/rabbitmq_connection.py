@@ -26,6 +26,7 @@ from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
 from bridge.config import TlsConfig
+from bridge.errors import describe
 from bridge.logs import redact_url
 from bridge.tls import ssl_context
 
@@ -158,9 +159,9 @@ def explain(err: BaseException, url: str, queue: str | None = None) -> str:
     elif isinstance(err, ssl.SSLError | ssl.CertificateError) or "[SSL" in text:
         reason = f"TLS handshake with {where} failed: {text}"
     elif isinstance(err, OSError | TimeoutError | ConnectionError):
-        reason = f"cannot connect to RabbitMQ at {where}: {type(err).__name__}: {text}"
+        reason = f"cannot connect to RabbitMQ at {where}: {scrub(describe(err, None), url)}"
     else:
-        reason = f"RabbitMQ error at {where}: {type(err).__name__}: {text}"
+        reason = f"RabbitMQ error at {where}: {scrub(describe(err, None), url)}"
     return reason[:500]
 
 
