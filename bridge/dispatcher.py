@@ -1,63 +1,48 @@
 """The dispatcher: from an accepted event to a settled one, for one trigger.
 
-It knows nothing about any one source. For each event it
+It knows nothing about any one source. Which event runs when -- admission
+(``max_unsettled``, the backpressure), ordering lanes, workers, the drain rule -- is
+:mod:`bridge.lanes`'s. What a worker does with one event is this module's:
 
-1. admits it (at most ``max_unsettled`` events taken but not settled: ``submit`` waits
-   beyond that, which is the backpressure every connector feels);
-2. puts it in its ordering lane: ``key`` (one lane per ordering key, falling back to
-   the partition), ``partition`` (one lane per partition) or ``none`` (no lane); a lane
-   runs its events one at a time in arrival order, different lanes run in parallel.
-   Events ready to start (every event without a lane, the next event of each lane)
-   wait in one queue, oldest first, for at most ``concurrency`` workers: a worker takes
-   one event after the other, so a busy trigger creates no task per event;
-3. runs attempts, each holding a trigger concurrency slot and, inside the invoker,
-   the function's quota slot, bounded by the invocation timeout; between attempts it
-   sleeps the backoff (holding no slot), honouring ``Retry-After``;
-4. on a 2xx settles the event ``DELIVERED``; on a permanent failure or after the last
-   attempt it writes a dead letter, retrying the write until it is confirmed (a sink's
-   refusal for good goes to ``dead_letter.fallback``, or blocks the event loudly), and
-   only then settles ``DEAD_LETTERED``. Nothing is settled otherwise: an event still
-   unsettled at shutdown is the source's to redeliver.
-5. An unexpected exception (a bug in the bridge, not an outcome: the invoker never
-   raises for a failed attempt) ends the event's processing as a permanent failure
-   with reason ``internal_error``: it is dead-lettered (redrivable once fixed), counted
-   (``bridge_internal_errors_total``) and logged with its traceback. If even that
-   fails, the event is settled ``ABANDONED``, which every source takes as "not done"
-   (RabbitMQ requeues it, Kafka does not commit it, cron ends the run). An event is
-   never dropped by a bug and never keeps holding its source (a Kafka commit point, a
-   prefetch slot, a ``Forbid`` cron trigger).
+1. **attempts**: each holds a trigger concurrency slot and, inside the invoker, the
+   function's quota slot, bounded by the invocation timeout; between attempts it sleeps
+   the backoff (holding no slot, lending its worker's place), honouring ``Retry-After``;
+2. **dead letter**: on a permanent failure or after the last attempt it writes a dead
+   letter, retrying the write until it is confirmed (a sink's refusal for good goes to
+   ``dead_letter.fallback``, or blocks the event loudly);
+3. **settle**: ``DELIVERED`` after a 2xx, ``DEAD_LETTERED`` after the confirmed write.
+   Nothing is settled otherwise: an event still unsettled at shutdown is the source's
+   to redeliver.
 
-On drain (SIGTERM) no new work starts, with one exception: an event that a *later*
-event of its partition has already overtaken (it waited behind a slow one of its key
-while other keys went on) still runs. Left unsettled, it would hold its partition's
-commit point (Kafka commits one offset per partition) below the events already
-delivered, and the restart would deliver those a second time.
+An unexpected exception (a bug in the bridge, not an outcome: the invoker never raises
+for a failed attempt) ends the event's processing as a permanent failure with reason
+``internal_error``: it is dead-lettered (redrivable once fixed), counted
+(``bridge_internal_errors_total``) and logged with its traceback. If even that fails,
+the event is settled ``ABANDONED``, which every source takes as "not done" (RabbitMQ
+requeues it, Kafka does not commit it, cron ends the run). An event is never dropped by
+a bug and never keeps holding its source (a Kafka commit point, a prefetch slot, a
+``Forbid`` cron trigger).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections import deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Literal
 
 from bridge.config import ResolvedTrigger
 from bridge.deadletter import DeadLetter, Sink, SinkRefused
 from bridge.errors import describe
 from bridge.events import Disposition, Event
 from bridge.invoker import Invoker
+from bridge.lanes import Lanes, Ordering
 from bridge.logs import Logger
 from bridge.metrics import Metrics
 from bridge.outcome import Outcome, Verdict
 from bridge.pools import Target
 from bridge.retry import Backoff, backoff
-
-Ordering = Literal["key", "partition", "none"]
 
 #: Backoff between failed dead-letter writes: quick at first, then every 30 s.
 _SINK_RETRY = Backoff(initial=0.5, maximum=30.0)
@@ -90,29 +75,9 @@ class Dispatcher:
         self._sink = sink
         self._fallback = fallback
         self._root_log = log
-        self._ordering = ordering
         self._policy = trigger.retry.policy()
         self._retryable = trigger.retry.retryable_statuses
         self._slots = asyncio.Semaphore(trigger.concurrency)
-        limit = max_unsettled or max(4 * trigger.concurrency, 256)
-        self._admission = asyncio.Semaphore(limit)
-        self._open = 0
-        #: Events ready to start, oldest first: with ``ordering: none`` every admitted
-        #: event; with lanes only the next event of each lane (one at a time per lane).
-        self._ready: deque[Event] = deque()
-        #: Lanes with an event ready or started -> their later events, in arrival order.
-        self._lanes: dict[Hashable, deque[Event]] = {}
-        #: Workers holding a place (at most ``concurrency``, see ``_lent``), and those of
-        #: them created but not yet running (each will take one ready event).
-        self._workers = 0
-        self._starting = 0
-        #: Arrival number of each open event, and per partition the highest one that
-        #: started (reached the function or the dead-letter sink): see _overtaken.
-        self._arrivals = 0
-        self._arrival: dict[Event, int] = {}
-        self._started: dict[str | None, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = False
         #: Events whose dead letter the sinks refuse for good (see _store).
         self.blocked = 0
         self._stop_event: asyncio.Event | None = None  # created by the first backoff wait
@@ -121,6 +86,14 @@ class Dispatcher:
         self._bound_log: Logger | None = None
         #: A line per attempt only at debug level; checked once, not per attempt.
         self._debug = log.is_enabled_for(logging.DEBUG)
+        self._lanes = Lanes(
+            ordering=ordering, concurrency=trigger.concurrency,
+            max_unsettled=max_unsettled or max(4 * trigger.concurrency, 256),
+            stats=self._stats, run=self._process, log=lambda: self._log, debug=self._debug,
+        )
+        #: Accept an event; waits while ``max_unsettled`` events are open. (The lanes'
+        #: own method: no extra call per event.)
+        self.submit: Callable[[Event], Awaitable[None]] = self._lanes.submit
 
     @property
     def _log(self) -> Logger:
@@ -134,102 +107,7 @@ class Dispatcher:
     @property
     def unsettled(self) -> int:
         """Events accepted and not yet finished."""
-        return self._open
-
-    async def submit(self, event: Event) -> None:
-        """Accept an event; waits while ``max_unsettled`` events are open."""
-        await self._admission.acquire()
-        self._open += 1
-        self._arrivals += 1
-        self._arrival[event] = self._arrivals
-        self._stats.received += 1
-        self._stats.unsettled += 1
-        if self._stopping:  # too late to start; the source redelivers it
-            self._release(event)
-            return
-        lane = self._lane_of(event)
-        if lane is not None:
-            waiting = self._lanes.get(lane)
-            if waiting is not None:
-                waiting.append(event)
-                return
-            self._lanes[lane] = deque()
-        self._ready.append(event)
-        self._start_workers()
-
-    def _lane_of(self, event: Event) -> Hashable | None:
-        if self._ordering == "none":
-            return None
-        if self._ordering == "key" and event.ordering_key is not None:
-            return ("k", event.ordering_key)
-        return ("p", event.partition)
-
-    def _start_workers(self) -> None:
-        """Start a worker per ready event no starting worker will take, while places
-        are free.
-
-        A worker takes ready events one after the other until none is left: under load
-        no task is created per event, and nothing parks on a semaphore (both cost more
-        than the rest of the dispatcher's work per event).
-        """
-        while len(self._ready) > self._starting and self._workers < self.trigger.concurrency:
-            self._workers += 1
-            self._starting += 1
-            task = asyncio.create_task(self._work())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _work(self) -> None:
-        task = asyncio.current_task()
-        self._starting -= 1
-        try:
-            # More workers than places only after a lender came back: one of them leaves.
-            while self._ready and self._workers <= self.trigger.concurrency:
-                event = self._ready.popleft()
-                if event.stale is not None and self._is_stale(event):
-                    self._withdraw(event)
-                    continue
-                event.attach(task)
-                try:
-                    await self._process(event)
-                except Exception as err:  # a bug, not an outcome: keep the other events going
-                    self._log.error("dispatch failed", event_id=event.id, error=repr(err)[:300])
-                finally:
-                    event.attach(None)
-                    self._lane_done(event)
-        finally:
-            self._workers -= 1
-
-    def _is_stale(self, event: Event) -> bool:
-        assert event.stale is not None
-        try:
-            return event.stale()
-        except Exception as err:  # a bug in the source's check: start the event anyway
-            self._log.error("stale check failed", event_id=event.id, error=repr(err)[:300])
-            return False
-
-    def _withdraw(self, event: Event) -> None:
-        """The source took the event back before it started: drop it, unsettled."""
-        self._stats.withdrawn += 1
-        if self._debug:
-            self._log.debug("withdrawn by the source before it started", event_id=event.id)
-        self._release(event)
-        self._lane_done(event)
-
-    def _lane_done(self, event: Event) -> None:
-        """The event's lane moves on to its next event (or closes)."""
-        lane = self._lane_of(event)
-        if lane is None:
-            return
-        waiting = self._lanes[lane]
-        if waiting and (not self._stopping or self._overtaken(waiting[0])):
-            self._ready.append(waiting.popleft())
-        else:
-            self._close_lane(lane)
-
-    def _close_lane(self, lane: Hashable) -> None:
-        for later in self._lanes.pop(lane):  # never started: the source redelivers them
-            self._release(later)
+        return self._lanes.open
 
     async def _process(self, event: Event) -> None:
         try:
@@ -248,8 +126,6 @@ class Dispatcher:
             await self._settle(event, Disposition.ABANDONED)
         except Draining:
             self._log.debug("left unsettled for redelivery", event_id=event.id)
-        finally:
-            self._release(event)
 
     async def _after_bug(self, event: Event, err: Exception) -> None:
         """An unexpected exception while handling ``event`` (a bug in the bridge, not an
@@ -261,7 +137,7 @@ class Dispatcher:
         self._bug(event, err)
         if event.settled is not None:  # the bug came after the settle
             return
-        self._mark_started(event)
+        self._lanes.mark_started(event)
         outcome = Outcome(Verdict.PERMANENT, "internal_error", detail=describe(err))
         try:
             await self._dead_letter(event, outcome, attempts=0)
@@ -277,15 +153,9 @@ class Dispatcher:
         self._stats.internal_errors += 1
         self._log.error(what, event_id=event.id, error=describe(err), exc_info=err)
 
-    def _release(self, event: Event) -> None:
-        self._arrival.pop(event, None)
-        self._open -= 1
-        self._admission.release()
-        self._stats.unsettled -= 1
-
     async def _deliver(self, event: Event) -> None:
         if event.defect is not None:
-            self._mark_started(event)
+            self._lanes.mark_started(event)
             outcome = Outcome(Verdict.PERMANENT, "invalid_message", detail=event.defect)
             await self._dead_letter(event, outcome, attempts=0)
             return
@@ -299,17 +169,18 @@ class Dispatcher:
 
     async def _attempts(self, event: Event) -> tuple[Outcome | None, int]:
         """Run attempts until delivered, permanent or exhausted; None = missed deadline."""
+        lanes = self._lanes
         attempt = 0
         while True:
             attempt += 1
             async with self._slots:
-                if attempt == 1 and self._stopping and not self._overtaken(event):
+                if attempt == 1 and lanes.stopping and not lanes.overtaken(event):
                     raise Draining
                 if attempt == 1 and _past(event.not_after):
                     self._log.warning("missed starting deadline", event_id=event.id)
                     return None, 0
                 if attempt == 1:
-                    self._mark_started(event)
+                    self._lanes.mark_started(event)
                 outcome = await self._attempt(event, attempt)
             if outcome.verdict is not Verdict.RETRYABLE or attempt >= self._policy.max_attempts:
                 return outcome, attempt
@@ -321,15 +192,6 @@ class Dispatcher:
                 reason=outcome.reason, detail=outcome.detail[:200], retry_in=round(delay, 3),
             )
             await self._pause(delay)
-
-    def _mark_started(self, event: Event) -> None:
-        number = self._arrival.get(event, 0)
-        if number > self._started.get(event.partition, 0):
-            self._started[event.partition] = number
-
-    def _overtaken(self, event: Event) -> bool:
-        """True when a later event of the same partition has already started."""
-        return self._arrival.get(event, 0) < self._started.get(event.partition, 0)
 
     async def _attempt(self, event: Event, attempt: int) -> Outcome:
         self._stats.in_flight += 1
@@ -358,7 +220,7 @@ class Dispatcher:
         # A dead-letter write is no invocation: like the backoff, it lends its place, so
         # a slow or hanging sink does not hold the trigger's concurrency from healthy
         # events (they go on until max_unsettled events are open).
-        with self._lent():
+        with self._lanes.lending_place():
             fallback = await self._store(event, record)
         self._stats.dead_letter(outcome.reason)
         if fallback:
@@ -435,24 +297,12 @@ class Dispatcher:
 
     async def _pause(self, delay: float) -> None:
         """Sleep between tries; the event lends its worker's place meanwhile."""
-        with self._lent():
+        with self._lanes.lending_place():
             await self._sleep(delay)
-
-    @contextlib.contextmanager
-    def _lent(self) -> Iterator[None]:
-        """Give the worker's place to the ready events for the block (a backoff or a
-        dead-letter write is no invocation). Coming back may make one worker too many:
-        the first to finish its event leaves, and attempts stay bounded by the slots."""
-        self._workers -= 1
-        self._start_workers()
-        try:
-            yield
-        finally:
-            self._workers += 1
 
     async def _sleep(self, delay: float) -> None:
         """Back off for ``delay``; raise Draining as soon as the dispatcher stops."""
-        if self._stopping:
+        if self._lanes.stopping:
             raise Draining
         if self._stop_event is None:
             self._stop_event = asyncio.Event()
@@ -464,44 +314,15 @@ class Dispatcher:
         raise Draining
 
     async def drain(self, timeout: float) -> bool:
-        """Stop retrying, let in-flight attempts (and overtaken events, see the module
-        docs) finish within ``timeout``, cancel the rest.
+        """Stop retrying, let in-flight attempts (and overtaken events, see
+        :mod:`bridge.lanes`) finish within ``timeout``, cancel the rest.
 
         Returns True when everything finished in time. Events whose work was cancelled
         stay unsettled (the source redelivers them).
         """
-        self._stopping = True
         if self._stop_event is not None:
             self._stop_event.set()
-        waiting, self._ready = self._ready, deque()
-        for event in waiting:
-            if self._overtaken(event):
-                self._ready.append(event)
-            else:  # never started; left unsettled (with its lane) for the source to redeliver
-                self._release(event)
-                lane = self._lane_of(event)
-                if lane is not None:
-                    self._close_lane(lane)
-        self._start_workers()
-        deadline = time.monotonic() + timeout
-        while self._tasks:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            await asyncio.wait(set(self._tasks), timeout=remaining)
-        leftover = set(self._tasks)
-        for task in leftover:
-            task.cancel()
-        if leftover:
-            await asyncio.gather(*leftover, return_exceptions=True)
-        for event in self._ready:
-            self._release(event)
-        for waiting in self._lanes.values():
-            for event in waiting:
-                self._release(event)
-        self._ready.clear()
-        self._lanes.clear()
-        return not leftover
+        return await self._lanes.drain(timeout)
 
 
 def _past(deadline: datetime | None) -> bool:
