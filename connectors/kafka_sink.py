@@ -14,6 +14,7 @@ import asyncio
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 
+from bridge.cloudevents import KAFKA_PREFIX
 from bridge.config import KafkaConnection, KafkaSinkConfig, ResolvedTrigger, SinkConfig
 from bridge.deadletter import DeadLetter, SinkRefused
 from bridge.logs import Logger, get_logger
@@ -40,11 +41,11 @@ def dead_letter_headers(record: DeadLetter) -> list[tuple[str, bytes]]:
         return [*record.headers, *bridge]
     kept = [
         (name, value) for name, value in record.headers
-        if not name.lower().startswith("ce_") and name.lower() != "content-type"
+        if not name.lower().startswith(KAFKA_PREFIX) and name.lower() != "content-type"
     ]
     attributes = dict(record.cloudevent)
     content_type = attributes.pop("datacontenttype", None)
-    ce = [(f"ce_{name}", value.encode("utf-8")) for name, value in attributes.items()]
+    ce = [(f"{KAFKA_PREFIX}{name}", value.encode("utf-8")) for name, value in attributes.items()]
     if content_type:
         ce.append(("content-type", content_type.encode("utf-8")))
     return [*kept, *bridge, *ce]
