@@ -18,6 +18,8 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    if not LINT_IMPORTS.exists():
+        pytest.fail(f"{LINT_IMPORTS} missing: pip install -e '.[test]' (import-linter)")
     return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=root, capture_output=True,
                           text=True, timeout=60, check=False)
 
