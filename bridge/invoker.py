@@ -166,7 +166,7 @@ class Invoker:
                     await _skip_body(response.content)
                     return Outcome(Verdict.DELIVERED, "ok", status,
                                    duration=time.monotonic() - started, overflow=route.overflow)
-                return await _refused(response, retryable, started, route.overflow)
+                return await _error_status_outcome(response, retryable, started, route.overflow)
         except asyncio.CancelledError:
             if expiry is None or not deadlines.expired(expiry):
                 raise
@@ -187,7 +187,7 @@ class Invoker:
                        overflow=route.overflow)
 
 
-async def _refused(
+async def _error_status_outcome(
     response: aiohttp.ClientResponse, retryable: Collection[int], started: float, overflow: bool
 ) -> Outcome:
     """A non-2xx answer: retryable or permanent, with the start of its body as detail."""
