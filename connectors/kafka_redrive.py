@@ -61,6 +61,7 @@ class KafkaLetters:
     ) -> None:
         self.topic = topic
         self.name = f"kafka topic {topic}"
+        self.recovered = 0  # the group commit / the unacked messages keep the place
         self._connection = connection
         self._group = group
         self._dry_run = dry_run

@@ -63,6 +63,7 @@ class RabbitLetters:
     ) -> None:
         self.queue = queue
         self.name = f"rabbitmq queue {queue}"
+        self.recovered = 0  # the group commit / the unacked messages keep the place
         self._url = url
         self._tls = tls
         self._log = log or get_logger(redrive=self.name)

@@ -123,7 +123,7 @@ class Redrive:
         """Redrive everything; returns the counts (also kept in the report)."""
         await self.source.open()
         try:
-            self.report.begin(self.source.name, self.source.total, _recovered(self.source))
+            self.report.begin(self.source.name, self.source.total, self.source.recovered)
             work = asyncio.ensure_future(self._work())
             halt = asyncio.ensure_future(stop.wait())
             try:
@@ -433,10 +433,6 @@ def _sink_name(config: SinkConfig) -> str:
         return f"kafka topic {config.kafka.topic}"
     assert config.rabbitmq is not None
     return f"rabbitmq exchange {config.rabbitmq.exchange!r}"
-
-
-def _recovered(source: LetterSource) -> int:
-    return int(getattr(source, "recovered", 0))
 
 
 async def _no_settle(event: Event, disposition: Disposition) -> None:

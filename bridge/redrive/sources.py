@@ -55,6 +55,9 @@ class LetterSource(Protocol):
 
     #: For messages: ``FILE``, ``kafka topic T``, ``rabbitmq queue Q``.
     name: str
+    #: Records an interrupted earlier run had redriven, removed by ``open`` (a file's
+    #: journal); 0 where the broker keeps that state (a commit, an ack).
+    recovered: int
 
     @property
     def total(self) -> int | None:

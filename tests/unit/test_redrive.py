@@ -367,6 +367,7 @@ class _Breaking:
 
     name = "queue q"
     total = 5
+    recovered = 0
 
     def __init__(self) -> None:
         self.settled: list[tuple[str, bool]] = []
