@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from bridge.config import BridgeConfig, KubernetesTarget
 from bridge.exit_codes import EXIT_FAILURE, EXIT_OK
-from bridge.leadership import Leadership
+from bridge.leadership import AlwaysLeader, Leadership
 from bridge.logs import Logger, get_logger
 from bridge.metrics import Metrics
 from bridge.pools import WatchedPool
@@ -86,21 +86,21 @@ class Daemon:
 
     def _attach_kubernetes(
         self, services: list[Loop], probes: dict[str, Callable[[], bool]]
-    ) -> Leadership | None:
+    ) -> Leadership:
         """``BRIDGE_LEADER_ELECTION``: a Lease decides which replica fires cron ticks (the
         runtime's leadership: it stops firing first and is released last, after the
         triggers drained). ``BRIDGE_WATCH_TRIGGERS``: Trigger resources join the composed
         config (a service: started after the triggers, stopped before them). Each adds
         a readiness probe (false while the API refuses the service account)."""
         settings = self.settings
+        leadership: Leadership = AlwaysLeader()
         if not (settings.leader_election or settings.watch_triggers):
-            return None
+            return leadership
         from bridge.kube.lease import LeaseLeadership
         from bridge.kube.triggers import TriggerWatcher
 
         client = self.kubernetes.client()
         identity = settings.instance or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-        leadership: Leadership | None = None
         if settings.leader_election:
             lease = LeaseLeadership(
                 client, settings.lease_name, identity, self.log,
@@ -111,10 +111,8 @@ class Daemon:
             probes["lease"] = lambda: lease.ready
             leadership = lease
         if settings.watch_triggers:
-            from bridge.leadership import AlwaysLeader
-
             watcher = TriggerWatcher(
-                client, self.composer, leadership or AlwaysLeader(),
+                client, self.composer, leadership,
                 self._last_schedule_time, self.log, identity=identity,
             )
             self.composer.add_source(watcher)
