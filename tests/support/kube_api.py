@@ -3,15 +3,23 @@
 It keeps the contract ``bridge.kube`` relies on, nothing more:
 
 - namespaced collections under ``/api/v1/...`` and ``/apis/<group>/<version>/...``:
-  list (``labelSelector`` equality terms), watch streams (``resourceVersion``,
-  ``timeoutSeconds``, replay of history after the given version), get, create (409
-  AlreadyExists), replace (409 Conflict on a stale ``metadata.resourceVersion``), JSON
-  merge patch, delete;
+  list (``labelSelector`` equality terms), watch streams (``watch``, ``resourceVersion``,
+  ``timeoutSeconds``, ``allowWatchBookmarks``; replay of history after the given
+  version), get, create (409 AlreadyExists), replace (409 Conflict on a stale
+  ``metadata.resourceVersion``), patch, delete. Boolean query parameters are read as
+  the API server reads them (Go's ``strconv.ParseBool``: ``true``, ``True``, ``1``...;
+  anything else is 400). PATCH takes ``application/merge-patch+json`` (RFC 7386) and,
+  on built-in resources, ``application/strategic-merge-patch+json`` (merged the same
+  way: the bridge patches no lists); a custom resource refuses strategic merge (415)
+  and a JSON patch whose body is not a list is 400, as on a real API server (a JSON
+  patch list is not emulated: 415);
 - one global, increasing ``resourceVersion``; ``metadata.generation`` bumped when a
   ``spec`` changes; the ``status`` subresource (PUT/PATCH ``.../status`` change only
   ``status``, the main resource ignores ``status``);
 - ``compact()`` forgets history, so a watch from an older version gets 410 Gone (as an
   ERROR event, like the real server); ``disconnect_watches()`` drops every open stream;
+  ``bookmark()`` sends a BOOKMARK (the current resourceVersion) to every watch that
+  allowed them;
 - ``forbid(verb, resource)`` answers 403 with the API server's wording;
   ``fail_next(status, count, retry_after)`` injects 429/5xx answers;
   ``garble_next(body, count, resource)`` answers 200 with a body of the test's choice
@@ -29,6 +37,7 @@ import asyncio
 import copy
 import itertools
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,11 +51,30 @@ Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 
 
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+class BadRequest(Exception):
+    """A request the API server would answer 400."""
+
+
+def parse_bool(query: Any, name: str) -> bool:
+    """A boolean query parameter as the API server parses it (Go's strconv.ParseBool)."""
+    value = query.get(name)
+    if value is None or value in _FALSE:
+        return False
+    if value in _TRUE:
+        return True
+    raise BadRequest(f'strconv.ParseBool: parsing "{value}": invalid syntax ({name})')
+
+
 @dataclass(eq=False)
 class _Watch:
     resource: str
     namespace: str
     selector: dict[str, str]
+    bookmarks: bool = False
     queue: asyncio.Queue[tuple[str, Obj] | None] = field(default_factory=asyncio.Queue)
 
 
@@ -57,6 +85,10 @@ class Request:
     verb: str
     resource: str
     status: int = 0
+    #: The query parameters as received (watch, resourceVersion, labelSelector...).
+    query: dict[str, str] = field(default_factory=dict)
+    #: When it arrived (time.monotonic()).
+    at: float = field(default_factory=time.monotonic)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -179,6 +211,13 @@ class KubeApi:
         for watch in list(self._watches):
             watch.queue.put_nowait(None)
 
+    def bookmark(self) -> None:
+        """Send every watch that allowed bookmarks the current resourceVersion."""
+        event = {"kind": "Bookmark", "metadata": {"resourceVersion": str(self._version)}}
+        for watch in list(self._watches):
+            if watch.bookmarks:
+                watch.queue.put_nowait(("BOOKMARK", copy.deepcopy(event)))
+
     def forbid(self, verb: str, resource: str) -> None:
         self._forbidden.add((verb, resource))
 
@@ -271,7 +310,9 @@ class KubeApi:
         resource, group = self._resource(request)
         sub = request.match_info.get("sub")
         rbac = f"{resource.partition('.')[0]}/{sub}" if sub else resource.partition(".")[0]
-        self.requests.append(Request(request.method, request.path, verb, resource))
+        self.requests.append(
+            Request(request.method, request.path, verb, resource, query=dict(request.query))
+        )
         full = f"{rbac}.{group}" if group else rbac
         if (verb, full) in self._forbidden or (verb, resource) in self._forbidden:
             ns = request.match_info["ns"]
@@ -303,7 +344,10 @@ class KubeApi:
         resource, _ = self._resource(request)
         ns = request.match_info["ns"]
         if request.method == "GET":
-            watching = request.query.get("watch") in ("true", "1")
+            try:
+                watching = parse_bool(request.query, "watch")
+            except BadRequest as err:
+                return _status(400, "BadRequest", str(err))
             denied = self._gate(request, "watch" if watching else "list")
             if denied is not None:
                 return denied
@@ -352,8 +396,10 @@ class KubeApi:
             return web.json_response(_status_body(200, "Success", "deleted"))
         body = await request.json()
         if request.method == "PATCH":
-            if request.content_type != "application/merge-patch+json":
-                return _status(415, "UnsupportedMediaType", request.content_type)
+            refused = _patch_refused(request.content_type, body, custom="." in resource and
+                                     not resource.endswith(_BUILT_IN_GROUPS))
+            if refused is not None:
+                return refused
             body = merge_patch(current, body)
         else:
             sent = (body.get("metadata") or {}).get("resourceVersion")
@@ -371,6 +417,10 @@ class KubeApi:
     async def _watch(
         self, request: web.Request, resource: str, ns: str, selector: dict[str, str]
     ) -> web.StreamResponse:
+        try:
+            bookmarks = parse_bool(request.query, "allowWatchBookmarks")
+        except BadRequest as err:
+            return _status(400, "BadRequest", str(err))
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
@@ -380,7 +430,7 @@ class KubeApi:
             gone = _status_body(410, "Expired", f"too old resource version: {since}")
             await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
             return response
-        watch = _Watch(resource, ns, selector)
+        watch = _Watch(resource, ns, selector, bookmarks)
         if not since or since == "0":
             for (n, _), obj in self.store.get(resource, {}).items():
                 if n == ns and _matches(obj, ns, selector):
@@ -401,6 +451,23 @@ class KubeApi:
         finally:
             self._watches.discard(watch)
         return response
+
+
+_BUILT_IN_GROUPS = (".coordination.k8s.io", ".discovery.k8s.io", ".apps", ".batch")
+
+
+def _patch_refused(content_type: str, body: Any, *, custom: bool) -> web.Response | None:
+    """The API server's answer to a PATCH it cannot apply (None: merge it)."""
+    if content_type == "application/merge-patch+json":
+        return None
+    if content_type == "application/strategic-merge-patch+json" and not custom:
+        return None
+    if content_type == "application/json-patch+json" and not isinstance(body, list):
+        return _status(400, "BadRequest", "json: cannot unmarshal object into Go value of "
+                       "type jsonpatch.Patch")
+    return _status(415, "UnsupportedMediaType", f"the body of the request was in an unknown "
+                   f"format - accepted media types include: application/json-patch+json, "
+                   f"application/merge-patch+json (got {content_type})")
 
 
 def _selector(text: str) -> dict[str, str]:
