@@ -62,7 +62,7 @@ async def endpoint_change(changes: int) -> dict[str, object]:
             client = KubeClient(settings, log)
             pool = KubernetesPool("fn", KubernetesTarget(service="fn"), client, log)
             api.put(SLICES, endpoint_slice("fn", [("10.0.0.1", True)], [("http", 8080)], "a"))
-            pool.start()
+            watch = asyncio.create_task(pool.run())
             await until(lambda: any(e.ready for e in pool.endpoints))
             latencies = []
             for n in range(changes):
@@ -73,7 +73,8 @@ async def endpoint_change(changes: int) -> dict[str, object]:
                 want = 2 if ready else 1
                 await until(lambda want=want: sum(e.ready for e in pool.endpoints) == want)
                 latencies.append(time.perf_counter() - started)
-            await pool.close()
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             await client.close()
     return {
         "bench": "kube_endpoint_change", "changes": changes,

@@ -97,7 +97,7 @@ class Daemon:
         if not (settings.leader_election or settings.watch_triggers):
             return leadership
         from bridge.kube.lease import LeaseLeadership
-        from bridge.kube.triggers import TriggerWatcher
+        from bridge.kube.trigger_watch import TriggerWatcher
 
         client = self.kubernetes.client()
         identity = settings.instance or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
@@ -112,12 +112,12 @@ class Daemon:
             leadership = lease
         if settings.watch_triggers:
             watcher = TriggerWatcher(
-                client, self.composer, leadership,
-                self._last_schedule_time, self.log, identity=identity,
+                client, self.log, refresh=self.composer.refresh, leadership=leadership,
+                last_schedule_time=self._last_schedule_time, identity=identity,
             )
             self.composer.add_source(watcher)
             services += [Loop("trigger-resources", watcher.run),
-                         Loop("trigger-status", watcher.write_statuses)]
+                         Loop("trigger-status", watcher.status.run)]
             probes["trigger-resources"] = lambda: watcher.ready
         return leadership
 

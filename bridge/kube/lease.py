@@ -1,5 +1,10 @@
 """Leadership for cron over a ``coordination.k8s.io/v1`` Lease (client-go's algorithm).
 
+The algorithm is ours, not ``kubernetes_asyncio.leaderelection``, because that one
+checks the renew deadline only between calls that have no timeout (a hanging call
+keeps a stale leader firing) and has no previous renewTime for ``handover_since``, no
+release after the drain, no failure counts and no retry period under 1 s.
+
 Every replica runs :class:`LeaseLeadership`; at most one holds the Lease at a time:
 
 - every ``retry_period`` a replica reads the Lease (creating it on 404). If another
@@ -23,11 +28,11 @@ Every replica runs :class:`LeaseLeadership`; at most one holds the Lease at a ti
   while its replica leads.
 - a graceful stop is two steps (see :mod:`bridge.leadership`): :meth:`stop_leading`
   when intake stops (no tick fires any more, the Lease stays held and renewed so no
-  other replica starts a run while ours drain), then :meth:`stop` once the triggers
-  have drained, which releases the Lease (empty holder, 1 s duration) so the next
-  replica takes over at once. The released record's ``renewTime`` is the moment this
-  replica stopped firing (earlier if a tick due before it was not fired), so the next
-  leader fires the ticks after it.
+  other replica starts a run while ours drain), then :meth:`close` (after :meth:`run`
+  is cancelled) once the triggers have drained, which releases the Lease (empty
+  holder, 1 s duration) so the next replica takes over at once. The released
+  record's ``renewTime`` is the moment this replica stopped firing (earlier if a tick
+  due before it was not fired), so the next leader fires the ticks after it.
 
 ``handover_since`` tells the cron connector from when it is responsible: the previous
 holder's last ``renewTime`` (it may have fired ticks up to then, not after it stopped
@@ -48,7 +53,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bridge.kube.client import LEASES, KubeClient, KubeError, log_api_error
+from kubernetes_asyncio.client import CoordinationV1Api
+
+from bridge.errors import describe
+from bridge.kube.client import LEASES, KubeClient
+from bridge.kube.errors import KubeError, log_api_error
 from bridge.logs import Logger
 from bridge.metrics import Metrics
 
@@ -100,7 +109,7 @@ class LeaseLeadership:
 
     def __init__(
         self,
-        client: KubeClient,
+        kube: KubeClient,
         name: str,
         identity: str,
         log: Logger,
@@ -113,7 +122,7 @@ class LeaseLeadership:
     ) -> None:
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("lease timings need retry_period < renew_deadline < lease_duration")
-        self._client = client
+        self._kube = kube
         self.name = name
         self.identity = identity
         self._namespace = namespace
@@ -138,8 +147,7 @@ class LeaseLeadership:
         self._handover_since: datetime | None = None
         #: When this replica stopped firing (stop_leading): the released renewTime.
         self._fired_until: datetime | None = None
-        #: False while the API refuses us (403): feeds readiness.
-        self.ready = True
+        self._ready = True
         self._set_gauge()
 
     # --- the Leadership contract --------------------------------------------------------
@@ -164,13 +172,19 @@ class LeaseLeadership:
         await self._became_leader.wait()
 
     @property
+    def ready(self) -> bool:
+        """False while the API refuses us (403): feeds readiness."""
+        return self._ready
+
+    @property
     def namespace(self) -> str:
-        return self._namespace or self._client.namespace
+        return self._namespace or self._kube.namespace
 
     async def start(self) -> None:
+        """Run :meth:`run` in a task (until the daemon's supervisor runs it)."""
         if self._task is None or self._task.done():
-            await self._client.connect()
-            self._task = asyncio.create_task(self._run(), name=f"lease:{self.name}")
+            await self._kube.connect()
+            self._task = asyncio.create_task(self.run(), name=f"lease:{self.name}")
 
     def stop_leading(self) -> None:
         """Fire no tick from now on, but keep holding (and renewing) the Lease: the
@@ -190,13 +204,19 @@ class LeaseLeadership:
             self._fired_until = scheduled - _MICROSECOND
 
     async def stop(self) -> None:
-        """Stop the loop and release the Lease if we hold it (bounded: renew deadline)."""
+        """Stop the loop, then :meth:`close`."""
         self.stop_leading()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the Lease if we hold it (bounded: renew deadline), once :meth:`run`
+        was cancelled and the triggers drained."""
+        self.stop_leading()
         self._disarm()
         if self._held:
             self._held = False
@@ -209,13 +229,14 @@ class LeaseLeadership:
 
     # --- the loop ---------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Acquire or renew every retry period until cancelled; never raises otherwise."""
         while True:
             started = time.monotonic()
             try:
                 async with asyncio.timeout(self._round_budget(started)):
                     sent = await self._try_acquire_or_renew()
-                self.ready = True
+                self._ready = True
                 if sent is not None:
                     self._renewed(sent)
             except Exception as err:
@@ -262,7 +283,7 @@ class LeaseLeadership:
         replica a follower at once: its view of the Lease cannot be trusted."""
         if isinstance(err, KubeError):
             self._count("api")
-            self.ready = err.kind != "forbidden"
+            self._ready = err.kind != "forbidden"
             log_api_error(self._log, err, f"lease {self.name} {during}", self._retry)
             return
         if isinstance(err, TimeoutError):
@@ -274,7 +295,7 @@ class LeaseLeadership:
         self._count(kind)
         self._log.error(
             "lease round failed; going on as a follower", during=during, kind=kind,
-            error=_describe(err), retry_in=self._retry,
+            error=describe(err, 400), retry_in=self._retry,
             exc_info=kind == "internal",
         )
         if self._leading:
@@ -292,7 +313,7 @@ class LeaseLeadership:
         """One round: the monotonic time our successful write was sent, or None."""
         now = datetime.now(UTC)
         try:
-            lease = await self._client.request("get", LEASES, self.namespace, name=self.name)
+            lease = await self._get()
         except KubeError as err:
             if err.kind != "not_found":
                 raise
@@ -315,9 +336,7 @@ class LeaseLeadership:
         lease["spec"] = spec
         sent = time.monotonic()
         try:
-            updated = await self._client.request(
-                "update", LEASES, self.namespace, name=self.name, body=lease
-            )
+            updated = await self._replace(lease)
         except KubeError as err:
             if err.kind == "conflict":
                 self._log.debug("lease update conflicted: another replica won")
@@ -346,7 +365,9 @@ class LeaseLeadership:
         }
         sent = time.monotonic()
         try:
-            created = await self._client.request("create", LEASES, self.namespace, body=body)
+            created = await self._kube.call("create", LEASES,
+                                            CoordinationV1Api.create_namespaced_lease,
+                                            namespace=self.namespace, body=body)
         except KubeError as err:
             if err.kind == "conflict":
                 return None
@@ -376,22 +397,27 @@ class LeaseLeadership:
             try:
                 callback(leading)
             except Exception as err:
-                self._log.error("leadership callback failed", error=_describe(err))
+                self._log.error("leadership callback failed", error=describe(err, 400))
 
     async def _release(self) -> None:
         """Give the Lease up at once (graceful stop), if we still hold it. Its renewTime
         becomes the moment we stopped firing: the next leader fires the ticks after it."""
-        lease = await self._client.request("get", LEASES, self.namespace, name=self.name)
+        lease = await self._get()
         spec = lease_spec(lease)
         if spec.get("holderIdentity") != self.identity:
             return
         stopped = self._fired_until or datetime.now(UTC)
         spec.update(holderIdentity=None, leaseDurationSeconds=1, renewTime=micro_time(stopped))
         lease["spec"] = spec
-        await self._client.request("update", LEASES, self.namespace, name=self.name, body=lease)
+        await self._replace(lease)
         self._log.info("lease released", fired_until=micro_time(stopped))
 
+    async def _get(self) -> dict[str, Any]:
+        return await self._kube.call("get", LEASES, CoordinationV1Api.read_namespaced_lease,
+                                     name=self.name, namespace=self.namespace)
 
-def _describe(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text}"[:400] if text else type(err).__name__
+    async def _replace(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """Write ``lease`` with the resourceVersion it was read at (409: someone else
+        wrote it since)."""
+        return await self._kube.call("update", LEASES, CoordinationV1Api.replace_namespaced_lease,
+                                     name=self.name, namespace=self.namespace, body=lease)

@@ -20,36 +20,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubernetes_asyncio.client import DiscoveryV1Api
+
 from bridge.config import KubernetesTarget
-from bridge.kube.client import ENDPOINT_SLICES, KubeClient, Reflector, object_name
+from bridge.kube.client import ENDPOINT_SLICES, KubeClient
+from bridge.kube.reflector import Reflector, object_name
 from bridge.logs import Logger
-from bridge.pools import BalancedPool, Pool
-from bridge.settings import Settings
-from connectors.base import ConnectorContext
+from bridge.pools import BalancedPool
 
 SERVICE_LABEL = "kubernetes.io/service-name"
 
 
-def kube_client(context: ConnectorContext, settings: Settings | None = None) -> KubeClient:
-    """The process's one API client (settings from the environment unless given)."""
-    return context.shared(KubeClient, lambda: KubeClient(settings or Settings(), context.log))
-
-
-def kubernetes_pool(
-    function_name: str, target: KubernetesTarget, context: ConnectorContext
-) -> Pool:
-    """The pool for a function with a ``kubernetes`` target; its watch starts at once."""
-    pool = KubernetesPool(function_name, target, kube_client(context), context.log)
-    pool.start()
-    return pool
-
-
 class KubernetesPool(BalancedPool):
+    """A :class:`~bridge.pools.WatchedPool` over a Service's EndpointSlices."""
+
     def __init__(
         self,
         function_name: str,
         target: KubernetesTarget,
-        client: KubeClient,
+        kube: KubeClient,
         log: Logger,
     ) -> None:
         super().__init__()
@@ -57,26 +46,20 @@ class KubernetesPool(BalancedPool):
         self._slices: dict[str, dict[str, Any]] = {}
         self._log = log.bind(function=function_name, service=target.service)
         self._reflector = Reflector(
-            client, ENDPOINT_SLICES, target.namespace, on_sync=self._on_sync,
-            on_change=self._on_change, log=self._log,
+            kube, ENDPOINT_SLICES, DiscoveryV1Api.list_namespaced_endpoint_slice,
+            target.namespace, on_sync=self._on_sync, on_change=self._on_change, log=self._log,
             label_selector=f"{SERVICE_LABEL}={target.service}",
         )
 
     @property
     def ready(self) -> bool:
         """True once the EndpointSlices are listed (and the API lets us watch them)."""
-        return self._reflector.synced
+        return self._reflector.ready
 
     async def run(self) -> None:
-        """Watch the function's EndpointSlices until cancelled."""
+        """Follow the EndpointSlices until cancelled (the runtime's supervisor runs it
+        as ``endpoints:<function>``)."""
         await self._reflector.run()
-
-    def start(self) -> None:
-        """Watch in a task of the pool's own (a pool used outside the daemon)."""
-        self._reflector.start()
-
-    async def close(self) -> None:
-        await self._reflector.stop()
 
     def _on_sync(self, items: list[dict[str, Any]]) -> None:
         self._slices = {object_name(s): s for s in items}

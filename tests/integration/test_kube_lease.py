@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import structlog
+from kubernetes_asyncio.client import CoordinationV1Api
 
 from bridge.kube.client import LEASES as LEASES_RESOURCE
-from bridge.kube.client import KubeClient, KubeError
+from bridge.kube.client import KubeClient
+from bridge.kube.errors import KubeError
 from bridge.kube.lease import LeaseLeadership, parse_time
 from bridge.logs import get_logger
 from bridge.settings import Settings
@@ -110,7 +112,7 @@ async def test_conflicting_update_means_someone_else_won(
     })
     # Between a's read and its write, another replica takes the lease: a's update carries
     # a stale resourceVersion and gets 409.
-    original = clients[0].request
+    original = clients[0].call
 
     async def racing(verb: str, *args: object, **kwargs: object) -> dict[str, object]:
         if verb == "update":
@@ -120,7 +122,7 @@ async def test_conflicting_update_means_someone_else_won(
             api.put(LEASES, current)
         return await original(verb, *args, **kwargs)  # type: ignore[arg-type]
 
-    clients[0].request = racing  # type: ignore[method-assign]
+    clients[0].call = racing  # type: ignore[method-assign]
     assert await a._try_acquire_or_renew() is None  # first sight of "old": not expired yet
     assert not any(r.verb == "update" for r in api.requests)
     await asyncio.sleep(1.1)  # now expired on a's clock: a writes, and loses the race
@@ -157,15 +159,16 @@ async def test_requests_retry_429_and_5xx_honouring_retry_after(
     api.fail_next(429, retry_after="1")
     api.fail_next(503)
     started = time.monotonic()
-    lease = await clients[0].request("get", LEASES_RESOURCE, "default", name="x")
+    read = CoordinationV1Api.read_namespaced_lease
+    lease = await clients[0].call("get", LEASES_RESOURCE, read, name="x", namespace="default")
     assert lease["metadata"]["name"] == "x"
     assert time.monotonic() - started >= 1.0
     api.fail_next(500, count=4)
     with pytest.raises(KubeError) as caught:
-        await clients[0].request("get", LEASES_RESOURCE, "default", name="x")
+        await clients[0].call("get", LEASES_RESOURCE, read, name="x", namespace="default")
     assert caught.value.kind == "retryable"
     with pytest.raises(KubeError) as missing:
-        await clients[0].request("get", LEASES_RESOURCE, "default", name="absent")
+        await clients[0].call("get", LEASES_RESOURCE, read, name="absent", namespace="default")
     assert missing.value.kind == "not_found"
 
 

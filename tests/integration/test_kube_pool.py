@@ -19,7 +19,7 @@ from bridge.dispatcher import Dispatcher
 from bridge.events import Disposition, Event
 from bridge.invoker import Invoker
 from bridge.kube.client import KubeClient
-from bridge.kube.pool import KubernetesPool, kubernetes_pool
+from bridge.kube.pool import KubernetesPool
 from bridge.leadership import AlwaysLeader
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
@@ -35,10 +35,13 @@ SLICES = "endpointslices.discovery.k8s.io"
 @dataclass
 class Harness:
     api: KubeApi
+    client: KubeClient
     context: ConnectorContext
     tmp: Path
     settled: dict[str, Disposition] = field(default_factory=dict)
     closers: list[object] = field(default_factory=list)
+    #: The pools' watches (the daemon runs them under its supervisor).
+    watches: list[asyncio.Task[None]] = field(default_factory=list)
 
     def trigger(self, function: str) -> ResolvedTrigger:
         config = parse_config(f"""
@@ -57,8 +60,10 @@ triggers:
         resolved = self.trigger(function)
         spec = resolved.function
         assert spec.kubernetes is not None
+        pool = KubernetesPool("fn", spec.kubernetes, self.client, self.context.log)
+        self.watches.append(asyncio.create_task(pool.run()))
         target = Target(
-            "fn", kubernetes_pool("fn", spec.kubernetes, self.context),
+            "fn", pool,
             max_concurrency=spec.max_concurrency,
             overflow_url=spec.overflow.url if spec.overflow else None,
             overflow_after=spec.overflow.after if spec.overflow else 0.25,
@@ -89,9 +94,12 @@ async def kube(tmp_path: Path) -> AsyncIterator[Harness]:
     async with KubeApi() as api:
         settings = Settings(kubeconfig=str(api.kubeconfig(tmp_path)))
         context = ConnectorContext(Metrics(), get_logger(), AlwaysLeader())
-        client = context.shared(KubeClient, lambda: KubeClient(settings, context.log))
-        harness = Harness(api, context, tmp_path)
+        client = KubeClient(settings, context.log)
+        harness = Harness(api, client, context, tmp_path)
         yield harness
+        for watch in harness.watches:
+            watch.cancel()
+        await asyncio.gather(*harness.watches, return_exceptions=True)
         for closer in harness.closers:
             await closer.close()  # type: ignore[attr-defined]
         await client.close()

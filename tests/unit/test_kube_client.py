@@ -1,5 +1,8 @@
-"""bridge.kube.client and pool helpers: error classification, RBAC log lines, paths,
-config loading, EndpointSlice -> URL resolution."""
+"""bridge.kube.errors, bridge.kube.client and pool helpers: error classification (from
+answers, the library's ApiException, the transport), RBAC log lines, resources and
+their typed APIs, config loading, EndpointSlice -> URL resolution, and the kube package
+staying unimported without a Kubernetes feature. The reflector runs against the API
+emulator in tests/integration/test_kube_reflector.py."""
 
 from __future__ import annotations
 
@@ -8,34 +11,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 import structlog
 from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from bridge.config import KubernetesTarget
 from bridge.kube.client import (
     ENDPOINT_SLICES,
     EVENTS,
+    LEASES,
     TRIGGERS,
     KubeClient,
     KubeConfigError,
-    KubeError,
-    classify,
-    log_api_error,
 )
+from bridge.kube.errors import KubeError, classify, failure, log_api_error
 from bridge.kube.pool import endpoint_urls, resolve_port
 from bridge.logs import get_logger
 from bridge.settings import Settings
 
 
-def test_resource_paths_and_names() -> None:
-    assert ENDPOINT_SLICES.path("ns") == "/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices"
-    assert TRIGGERS.path("ns", "t", "status") == (
-        "/apis/triggerbridge.dev/v1alpha1/namespaces/ns/triggers/t/status"
-    )
-    assert EVENTS.path("ns") == "/api/v1/namespaces/ns/events"
+def test_resource_names_and_their_typed_apis() -> None:
     assert ENDPOINT_SLICES.name == "endpointslices.discovery.k8s.io"
     assert EVENTS.name == "events"
+    assert TRIGGERS.name == "triggers.triggerbridge.dev"
+    assert (ENDPOINT_SLICES.api, LEASES.api, EVENTS.api, TRIGGERS.api) == (
+        k8s.DiscoveryV1Api, k8s.CoordinationV1Api, k8s.CoreV1Api, k8s.CustomObjectsApi)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +48,7 @@ def test_resource_paths_and_names() -> None:
 )
 def test_classify(status: int, kind: str) -> None:
     err = classify(status, b'{"kind":"Status","message":"boom","code":1}', verb="get",
-                   resource=ENDPOINT_SLICES, namespace="ns", retry_after="7")
+                   resource=ENDPOINT_SLICES.name, namespace="ns", retry_after="7")
     assert err.kind == kind
     assert err.message == "boom"
     assert err.retry_after == 7.0
@@ -58,8 +60,45 @@ def test_classify_non_json_body() -> None:
                     namespace="n").message == "<html>bad gateway</html>"
 
 
+def test_an_api_exception_keeps_its_status_message_and_retry_after() -> None:
+    """What the library raises for an answer (with its headers) or for a watch stream's
+    ERROR event (status and reason only) is classified like an answer."""
+    answer = ApiException(status=429, reason="Too Many Requests")
+    answer.body = '{"kind": "Status", "message": "slow down", "code": 429}'
+    answer.headers = {"Retry-After": "3"}
+    err = failure(answer, verb="list", resource="leases.coordination.k8s.io", namespace="n")
+    assert (err.kind, err.message, err.retry_after) == ("retryable", "slow down", 3.0)
+    expired = ApiException(status=410, reason="Expired: too old resource version: 5")
+    err = failure(expired, verb="watch", resource="triggers.triggerbridge.dev", namespace="n")
+    assert (err.kind, err.message, err.retry_after) == (
+        "gone", "Expired: too old resource version: 5", None)
+    assert str(err) == ("watch triggers.triggerbridge.dev in n: HTTP 410: "
+                        "Expired: too old resource version: 5")
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [aiohttp.ServerDisconnectedError(), aiohttp.ClientPayloadError("cut"),
+     ConnectionRefusedError(111, "refused"), TimeoutError()],
+    ids=["disconnected", "payload", "refused", "timeout"],
+)
+def test_no_answer_is_status_0_and_retryable(cause: BaseException) -> None:
+    err = failure(cause, verb="watch", resource="endpointslices.discovery.k8s.io",
+                  namespace="fns")
+    assert (err.status, err.kind, err.verb) == (0, "retryable", "watch")
+    assert err.message.startswith(type(cause).__name__)
+    assert failure(err, verb="get", resource="x", namespace="y") is err
+
+
+def test_a_password_in_a_transport_error_is_not_repeated() -> None:
+    cause = OSError("cannot connect to https://bob:s3cretpw@10.0.0.1:6443/")
+    err = failure(cause, verb="get", resource="leases.coordination.k8s.io", namespace="n")
+    assert "s3cretpw" not in str(err)
+    assert "bob:***@10.0.0.1" in err.message
+
+
 def test_forbidden_log_names_the_missing_verb_and_rule() -> None:
-    err = classify(403, b'{"message":"nope"}', verb="watch", resource=ENDPOINT_SLICES,
+    err = classify(403, b'{"message":"nope"}', verb="watch", resource=ENDPOINT_SLICES.name,
                    namespace="fns")
     with structlog.testing.capture_logs() as logs:
         log_api_error(get_logger(), err, "pool", 2.0)
@@ -174,17 +213,42 @@ def test_endpoint_urls_ready_and_ipv6() -> None:
                          target) == []
 
 
-def test_kubernetes_client_is_not_imported_unless_configured() -> None:
+ALL_CRON = """
+defaults: {dead_letter: {file: {path: /tmp/x}}}
+functions: {f: {url: "http://127.0.0.1:9/"}}
+triggers: [{name: t, function: f, cron: {schedule: "0 0 1 1 *"}}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("config", "imported"),
+    [(ALL_CRON, False),
+     (ALL_CRON.replace('url: "http://127.0.0.1:9/"', "kubernetes: {service: s}"), True)],
+    ids=["all-cron", "kubernetes-function"],
+)
+def test_the_kube_package_is_imported_only_when_a_kubernetes_feature_is_configured(
+    config: str, imported: bool, tmp_path: Path
+) -> None:
+    """A daemon started with cron triggers only never loads kubernetes_asyncio (its typed
+    API modules cost ~75 MB); one function with a kubernetes target does."""
     code = (
-        "import sys\n"
+        "import asyncio, sys\n"
         "from bridge.config import parse_config\n"
         "from bridge.settings import Settings\n"
         "from bridge.daemon import Daemon\n"
         "import bridge.cli\n"
-        "config = parse_config('defaults: {dead_letter: {file: {path: /tmp/x}}}\\n"
-        "functions: {f: {url: \"http://127.0.0.1:9/\"}}')\n"
-        "Daemon(config, Settings(), None)\n"
-        "assert 'kubernetes_asyncio' not in sys.modules, 'imported'\n"
+        "async def main():\n"
+        f"    daemon = Daemon(parse_config({config!r}), Settings())\n"
+        "    await daemon.start()\n"
+        "    await asyncio.sleep(0.2)\n"
+        "    await daemon.stop()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('kubernetes_asyncio', "
+        "'bridge.kube')))[:2])\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "KUBE"))}
+    env["BRIDGE_KUBECONFIG"] = str(tmp_path / "absent")  # the pool may try: it fails
+    done = subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60,
+                          capture_output=True, text=True)
+    loaded = done.stdout.strip().splitlines()[-1]
+    assert (loaded != "[]") is imported, loaded
