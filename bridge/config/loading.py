@@ -45,6 +45,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 def parse_config(
     text: str, env: Mapping[str, str] | None = None, name: str = "<config>"
 ) -> BridgeConfig:
+    """A config from its YAML ``text`` (``name`` is the file in YAML problems)."""
     raw = _load_yaml(text, name)
     if raw is None:
         raw = {}

@@ -18,6 +18,7 @@ from bridge.config.triggers import BridgeConfig, TriggerConfig
 
 
 def cross_references(config: BridgeConfig) -> Iterator[ConfigProblem]:
+    """Unique trigger names, and :func:`trigger_problems` for every trigger."""
     seen: dict[str, int] = {}
     for index, trigger in enumerate(config.triggers):
         if trigger.name in seen:
