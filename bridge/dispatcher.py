@@ -40,7 +40,7 @@ from bridge.invoker import Invoker
 from bridge.lanes import Lanes, Ordering
 from bridge.logs import Logger
 from bridge.metrics import Metrics
-from bridge.outcome import Outcome, Verdict
+from bridge.outcome import Outcome, OutcomeKind
 from bridge.pools import Target
 from bridge.retry import Backoff, backoff
 
@@ -138,7 +138,7 @@ class Dispatcher:
         if event.settled is not None:  # the bug came after the settle
             return
         self._lanes.mark_started(event)
-        outcome = Outcome(Verdict.PERMANENT, "internal_error", detail=describe(err))
+        outcome = Outcome(OutcomeKind.PERMANENT, "internal_error", detail=describe(err))
         try:
             await self._dead_letter(event, outcome, attempts=0)
         except Draining:
@@ -156,7 +156,7 @@ class Dispatcher:
     async def _deliver(self, event: Event) -> None:
         if event.defect is not None:
             self._lanes.mark_started(event)
-            outcome = Outcome(Verdict.PERMANENT, "invalid_message", detail=event.defect)
+            outcome = Outcome(OutcomeKind.PERMANENT, "invalid_message", detail=event.defect)
             await self._dead_letter(event, outcome, attempts=0)
             return
         result, attempts = await self._attempts(event)
@@ -182,7 +182,7 @@ class Dispatcher:
                 if attempt == 1:
                     self._lanes.mark_started(event)
                 outcome = await self._attempt(event, attempt)
-            if outcome.verdict is not Verdict.RETRYABLE or attempt >= self._policy.max_attempts:
+            if outcome.kind is not OutcomeKind.RETRYABLE or attempt >= self._policy.max_attempts:
                 return outcome, attempt
             self._stats.retries += 1
             delay = backoff(self._policy, attempt, outcome.retry_after)
@@ -201,10 +201,10 @@ class Dispatcher:
             )
         except Exception as err:  # the invoker never raises for a failed attempt: a bug
             self._bug(event, err)
-            outcome = Outcome(Verdict.PERMANENT, "internal_error", detail=describe(err))
+            outcome = Outcome(OutcomeKind.PERMANENT, "internal_error", detail=describe(err))
         finally:
             self._stats.in_flight -= 1
-        self._stats.outcome(outcome.verdict.value, outcome.duration)
+        self._stats.outcome(outcome.kind.value, outcome.duration)
         if outcome.overflow:
             self._stats.overflow += 1
         if self._debug:

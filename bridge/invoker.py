@@ -35,7 +35,7 @@ from bridge.headers import is_header_name, is_reserved
 from bridge.outcome import (
     DEFAULT_RETRYABLE_STATUSES,
     Outcome,
-    Verdict,
+    OutcomeKind,
     classify_status,
     parse_retry_after,
 )
@@ -147,7 +147,7 @@ class Invoker:
         try:
             route = await target.acquire()
         except NoEndpoints as err:
-            return Outcome(Verdict.RETRYABLE, "no_endpoints", detail=str(err))
+            return Outcome(OutcomeKind.RETRYABLE, "no_endpoints", detail=str(err))
         deadlines = self._deadlines.get(timeout) or self._deadlines.setdefault(
             timeout, Deadlines(timeout)
         )
@@ -164,26 +164,26 @@ class Invoker:
                 status = response.status
                 if 200 <= status < 300:
                     await _skip_body(response.content)
-                    return Outcome(Verdict.DELIVERED, "ok", status,
+                    return Outcome(OutcomeKind.DELIVERED, "ok", status,
                                    duration=time.monotonic() - started, overflow=route.overflow)
                 return await _error_status_outcome(response, retryable, started, route.overflow)
         except asyncio.CancelledError:
             if expiry is None or not deadlines.expired(expiry):
                 raise
-            verdict, reason, detail = Verdict.RETRYABLE, "timeout", _no_response(timeout)
+            kind, reason, detail = OutcomeKind.RETRYABLE, "timeout", _no_response(timeout)
         except TimeoutError:
-            verdict, reason, detail = Verdict.RETRYABLE, "timeout", _no_response(timeout)
+            kind, reason, detail = OutcomeKind.RETRYABLE, "timeout", _no_response(timeout)
         except aiohttp.ClientConnectorError as err:
-            verdict, reason, detail = Verdict.RETRYABLE, "connect_error", _short(err)
+            kind, reason, detail = OutcomeKind.RETRYABLE, "connect_error", _short(err)
         except (aiohttp.ClientError, OSError) as err:
-            verdict, reason, detail = Verdict.RETRYABLE, "connection_error", _short(err)
+            kind, reason, detail = OutcomeKind.RETRYABLE, "connection_error", _short(err)
         except ValueError as err:  # a request that cannot be sent; sending again won't help
-            verdict, reason, detail = Verdict.PERMANENT, "invalid_request", _short(err)
+            kind, reason, detail = OutcomeKind.PERMANENT, "invalid_request", _short(err)
         finally:
             if expiry is not None:
                 deadlines.finish(expiry)
             target.release(route)
-        return Outcome(verdict, reason, detail=detail, duration=time.monotonic() - started,
+        return Outcome(kind, reason, detail=detail, duration=time.monotonic() - started,
                        overflow=route.overflow)
 
 

@@ -25,12 +25,16 @@ from prometheus_client.core import (
     Metric,
 )
 
+from bridge.events import Disposition
+from bridge.outcome import OutcomeKind
+
 DURATION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
 )
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300)
-VERDICTS = ("delivered", "retryable", "permanent")
-DISPOSITIONS = ("delivered", "dead_lettered", "abandoned")
+#: Label values of ``outcome`` and ``disposition``: every value, so each series exists at 0.
+OUTCOME_KINDS = tuple(kind.value for kind in OutcomeKind)
+DISPOSITIONS = tuple(disposition.value for disposition in Disposition)
 
 
 class Histogram:
@@ -83,8 +87,8 @@ class TriggerStats:
     cron_skipped: dict[str, int] = field(default_factory=dict)
     cron_replaced: int = 0
 
-    def outcome(self, verdict: str, seconds: float) -> None:
-        self.outcomes[verdict] = self.outcomes.get(verdict, 0) + 1
+    def outcome(self, kind: str, seconds: float) -> None:
+        self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
         if self.duration is None:
             self.duration = Histogram(DURATION_BUCKETS)
         self.duration.observe(seconds)
@@ -167,8 +171,8 @@ class _TriggerCollector:
         for s in stats:
             name, pair = [s.trigger], [s.trigger, s.function]
             received.add_metric(name, s.received)
-            for verdict in VERDICTS:
-                invocations.add_metric([*pair, verdict], s.outcomes.get(verdict, 0))
+            for kind in OUTCOME_KINDS:
+                invocations.add_metric([*pair, kind], s.outcomes.get(kind, 0))
             retries.add_metric(pair, s.retries)
             overflow.add_metric(pair, s.overflow)
             for reason, n in s.dead_letters.items():

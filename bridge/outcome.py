@@ -22,7 +22,10 @@ DEFAULT_RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 409, 425, 429})
 _DELTA_SECONDS = re.compile(r"[0-9]+\Z", re.ASCII)
 
 
-class Verdict(enum.Enum):
+class OutcomeKind(enum.Enum):
+    """What an attempt came to: delivered, worth retrying, or failed for good (also the
+    ``outcome`` label of ``bridge_invocations_total``)."""
+
     DELIVERED = "delivered"
     RETRYABLE = "retryable"
     PERMANENT = "permanent"
@@ -30,7 +33,7 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    verdict: Verdict
+    kind: OutcomeKind
     #: Short machine-friendly reason: ``ok``, ``http_503``, ``timeout``, ``connect_error``...
     reason: str
     status: int | None = None
@@ -42,18 +45,18 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.verdict is Verdict.DELIVERED
+        return self.kind is OutcomeKind.DELIVERED
 
 
 def classify_status(
     status: int, retryable: Collection[int] = DEFAULT_RETRYABLE_STATUSES
-) -> Verdict:
+) -> OutcomeKind:
     """Classify an HTTP status. ``retryable`` lists non-5xx codes that are retried."""
     if 200 <= status < 300:
-        return Verdict.DELIVERED
+        return OutcomeKind.DELIVERED
     if status >= 500 or status in retryable:
-        return Verdict.RETRYABLE
-    return Verdict.PERMANENT
+        return OutcomeKind.RETRYABLE
+    return OutcomeKind.PERMANENT
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

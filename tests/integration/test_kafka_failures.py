@@ -21,7 +21,7 @@ from bridge.events import Event
 from bridge.leadership import AlwaysLeader
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
-from bridge.outcome import Outcome, Verdict
+from bridge.outcome import Outcome, OutcomeKind
 from connectors.base import ConnectorContext
 from connectors.kafka import KafkaConnector
 from connectors.kafka_connection import KafkaSourceError
@@ -163,7 +163,7 @@ def letter() -> DeadLetter:
         type="dev.triggerbridge.cron.tick", data=b'{"report":"daily"}',
         content_type="application/json", origin="schedule 0 2 * * * (UTC)",
     )
-    outcome = Outcome(Verdict.RETRYABLE, "http_503", status=503, detail="busy")
+    outcome = Outcome(OutcomeKind.RETRYABLE, "http_503", status=503, detail="busy")
     return DeadLetter.of(event, "fn", outcome, attempts=5)
 
 

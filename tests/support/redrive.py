@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from bridge.deadletter import DeadLetter, Sink
 from bridge.events import Event
-from bridge.outcome import Outcome, Verdict
+from bridge.outcome import Outcome, OutcomeKind
 
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -58,7 +58,7 @@ def rabbit_event(queue: str, number: int, body: bytes, *, trigger: str = "jobs",
 
 def dead_letter(event: Event, function: str = "fn", reason: str = "http_503",
                 status: int | None = 503, at: datetime | None = None) -> DeadLetter:
-    outcome = Outcome(Verdict.RETRYABLE, reason, status, detail="busy")
+    outcome = Outcome(OutcomeKind.RETRYABLE, reason, status, detail="busy")
     record = DeadLetter.of(event, function, outcome, attempts=3)
     return record if at is None else dataclasses.replace(record, time=at)
 

@@ -17,7 +17,7 @@ import pytest
 from bridge.config import DeadLetterConfig, FileSinkConfig, parse_config
 from bridge.deadletter import DeadLetter, FileSink, SinkRefused, file_sink
 from bridge.events import Event
-from bridge.outcome import Outcome, Verdict
+from bridge.outcome import Outcome, OutcomeKind
 
 
 def b64(data: bytes) -> str:
@@ -35,7 +35,7 @@ def sample_event(body: bytes = b'{"order": 1042}') -> Event:
 
 
 def sample_record(body: bytes = b'{"order": 1042}') -> DeadLetter:
-    outcome = Outcome(Verdict.PERMANENT, "http_422", status=422, detail="bad\r\norder")
+    outcome = Outcome(OutcomeKind.PERMANENT, "http_422", status=422, detail="bad\r\norder")
     return DeadLetter.of(sample_event(body), "billing", outcome, attempts=1)
 
 
@@ -67,7 +67,7 @@ def test_bridge_headers_are_single_line() -> None:
 
 
 def test_no_status_is_an_empty_header_and_null_in_json() -> None:
-    outcome = Outcome(Verdict.RETRYABLE, "timeout", detail="no response within 1s")
+    outcome = Outcome(OutcomeKind.RETRYABLE, "timeout", detail="no response within 1s")
     record = DeadLetter.of(sample_event(), "billing", outcome, attempts=5)
     assert dict(record.bridge_headers())["bridge-last-status"] == ""
     assert record.to_json()["bridge-last-status"] is None
@@ -107,7 +107,7 @@ async def test_file_sink_writes_one_json_line_per_record(tmp_path: Path) -> None
 async def test_record_without_key_or_headers(tmp_path: Path) -> None:
     event = Event(trigger="nightly", id="nightly/2026-03-08T02:00:00Z", source="cron", type="t",
                   data=b"", origin="0 2 * * *")
-    record = DeadLetter.of(event, "report", Outcome(Verdict.PERMANENT, "http_400", 400), 1)
+    record = DeadLetter.of(event, "report", Outcome(OutcomeKind.PERMANENT, "http_400", 400), 1)
     path = tmp_path / "dead.jsonl"
     await FileSink(FileSinkConfig(path=str(path), fsync=False)).write(record)
     line = json.loads(path.read_text())
@@ -309,7 +309,7 @@ def test_history_goes_into_headers_as_text_and_into_a_file_record_as_values() ->
     event = sample_event()
     event.history = (("bridge-redrive-attempts", "2"),
                      ("bridge-redrive-history", '[{"error":"http_503"}]'))
-    outcome = Outcome(Verdict.PERMANENT, "http_422", status=422)
+    outcome = Outcome(OutcomeKind.PERMANENT, "http_422", status=422)
     record = DeadLetter.of(event, "billing", outcome, attempts=1)
     headers = dict(record.bridge_headers())
     assert headers["bridge-redrive-attempts"] == "2"

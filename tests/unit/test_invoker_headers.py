@@ -20,7 +20,7 @@ from cloudevents.http import from_http
 
 from bridge.events import Event
 from bridge.invoker import USER_AGENT, Invoker, build_headers, percent_encode
-from bridge.outcome import Verdict
+from bridge.outcome import OutcomeKind
 from bridge.pools import BalancedPool, Target
 from tests.support.functions import Call, RecordingFunction, Reply
 
@@ -227,7 +227,7 @@ async def test_delivered(session: aiohttp.ClientSession) -> None:
     async with RecordingFunction() as fn:
         ev = event(extensions={"partitionkey": "k 1"}, http_headers={"X-Trace": "t1"})
         outcome = await Invoker(session).invoke(target_for(fn.url), ev, 1, timeout=5)
-        assert (outcome.verdict, outcome.reason, outcome.status) == (Verdict.DELIVERED, "ok", 200)
+        assert (outcome.kind, outcome.reason, outcome.status) == (OutcomeKind.DELIVERED, "ok", 200)
         assert outcome.duration > 0
         (call,) = fn.calls
         assert call.body == b'{"n": 1}'
@@ -271,8 +271,8 @@ async def test_retryable_with_retry_after(session: aiohttp.ClientSession) -> Non
     reply = Reply(status=503, headers={"Retry-After": "7"}, body="overloaded")
     async with RecordingFunction(lambda call, n: reply) as fn:
         outcome = await Invoker(session).invoke(target_for(fn.url), event(), 1, timeout=5)
-    assert (outcome.verdict, outcome.reason, outcome.status) == (
-        Verdict.RETRYABLE, "http_503", 503
+    assert (outcome.kind, outcome.reason, outcome.status) == (
+        OutcomeKind.RETRYABLE, "http_503", 503
     )
     assert outcome.retry_after == 7.0
     assert outcome.detail == "overloaded"
@@ -282,8 +282,8 @@ async def test_permanent_keeps_the_reply_as_detail(session: aiohttp.ClientSessio
     reply = Reply(status=422, body="field 'n' must be even " + "x" * 2000)
     async with RecordingFunction(lambda call, n: reply) as fn:
         outcome = await Invoker(session).invoke(target_for(fn.url), event(), 1, timeout=5)
-    assert (outcome.verdict, outcome.reason, outcome.status) == (
-        Verdict.PERMANENT, "http_422", 422
+    assert (outcome.kind, outcome.reason, outcome.status) == (
+        OutcomeKind.PERMANENT, "http_422", 422
     )
     assert outcome.detail.startswith("field 'n' must be even")
     assert len(outcome.detail) <= 512
@@ -294,7 +294,7 @@ async def test_custom_retryable_statuses(session: aiohttp.ClientSession) -> None
         outcome = await Invoker(session).invoke(
             target_for(fn.url), event(), 1, timeout=5, retryable={404}
         )
-    assert outcome.verdict is Verdict.RETRYABLE
+    assert outcome.kind is OutcomeKind.RETRYABLE
 
 
 async def test_timeout_frees_the_slot(session: aiohttp.ClientSession) -> None:
@@ -306,7 +306,7 @@ async def test_timeout_frees_the_slot(session: aiohttp.ClientSession) -> None:
         invoker = Invoker(session)
         started = time.monotonic()
         outcome = await invoker.invoke(target, event(id="slow"), 1, timeout=0.3)
-        assert (outcome.verdict, outcome.reason) == (Verdict.RETRYABLE, "timeout")
+        assert (outcome.kind, outcome.reason) == (OutcomeKind.RETRYABLE, "timeout")
         assert outcome.detail == "no response within 0.3s"
         assert time.monotonic() - started < 2.0
         # the only quota slot and the endpoint are free again at once
@@ -326,8 +326,8 @@ async def test_connection_refused(session: aiohttp.ClientSession) -> None:
     outcome = await Invoker(session).invoke(
         target_for(f"http://127.0.0.1:{port}/"), event(), 1, timeout=5
     )
-    assert (outcome.verdict, outcome.reason, outcome.status) == (
-        Verdict.RETRYABLE, "connect_error", None
+    assert (outcome.kind, outcome.reason, outcome.status) == (
+        OutcomeKind.RETRYABLE, "connect_error", None
     )
     assert outcome.detail
 
@@ -336,7 +336,7 @@ async def test_no_ready_endpoint(session: aiohttp.ClientSession) -> None:
     pool = BalancedPool()
     pool.replace({"http://127.0.0.1:9/": False})
     outcome = await Invoker(session).invoke(Target("fn", pool), event(), 1, timeout=1)
-    assert (outcome.verdict, outcome.reason) == (Verdict.RETRYABLE, "no_endpoints")
+    assert (outcome.kind, outcome.reason) == (OutcomeKind.RETRYABLE, "no_endpoints")
 
 
 async def test_a_request_that_cannot_be_sent_is_permanent(
@@ -346,7 +346,7 @@ async def test_a_request_that_cannot_be_sent_is_permanent(
         # the config rejects this header; a Target built another way must not crash the caller
         target = target_for(fn.url, headers={"X-Bad": "a\r\nX-Injected: 1"})
         outcome = await Invoker(session).invoke(target, event(), 1, timeout=5)
-        assert (outcome.verdict, outcome.reason) == (Verdict.PERMANENT, "invalid_request")
+        assert (outcome.kind, outcome.reason) == (OutcomeKind.PERMANENT, "invalid_request")
         assert fn.calls == []
 
 
@@ -357,7 +357,7 @@ async def test_redirects_are_not_followed(session: aiohttp.ClientSession, status
         reply = Reply(status=status, headers={"Location": elsewhere.url})
         async with RecordingFunction(lambda call, n: reply) as fn:
             outcome = await Invoker(session).invoke(target_for(fn.url), event(), 1, timeout=5)
-        assert (outcome.verdict, outcome.reason, outcome.status) == (
-            Verdict.PERMANENT, f"http_{status}", status
+        assert (outcome.kind, outcome.reason, outcome.status) == (
+            OutcomeKind.PERMANENT, f"http_{status}", status
         )
         assert elsewhere.calls == []

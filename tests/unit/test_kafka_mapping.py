@@ -13,7 +13,7 @@ from cloudevents.http import from_http
 from bridge.deadletter import DeadLetter
 from bridge.events import Event
 from bridge.invoker import build_headers
-from bridge.outcome import Outcome, Verdict
+from bridge.outcome import Outcome, OutcomeKind
 from connectors.kafka_mapping import EVENT_TYPE, record_event
 from connectors.kafka_sink import dead_letter_headers
 
@@ -227,7 +227,7 @@ def test_malformed_structured_cloudevent_is_a_defect(envelope: object, reason: s
 
 
 def dead_letter(event: Event, error: str = "http_422") -> DeadLetter:
-    outcome = Outcome(Verdict.PERMANENT, error, status=422, detail="nope")
+    outcome = Outcome(OutcomeKind.PERMANENT, error, status=422, detail="nope")
     return DeadLetter.of(event, "fn", outcome, attempts=1)
 
 

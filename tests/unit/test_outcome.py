@@ -10,7 +10,7 @@ import pytest
 from bridge.outcome import (
     DEFAULT_RETRYABLE_STATUSES,
     Outcome,
-    Verdict,
+    OutcomeKind,
     classify_status,
     parse_retry_after,
 )
@@ -19,19 +19,19 @@ from bridge.retry import MAX_RETRY_AFTER, RetryPolicy, backoff
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
 def test_2xx_is_delivered(status: int) -> None:
-    assert classify_status(status) is Verdict.DELIVERED
+    assert classify_status(status) is OutcomeKind.DELIVERED
 
 
 @pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 501, 502, 503, 504, 599])
 def test_retryable(status: int) -> None:
-    assert classify_status(status) is Verdict.RETRYABLE
+    assert classify_status(status) is OutcomeKind.RETRYABLE
 
 
 @pytest.mark.parametrize(
     "status", [100, 301, 302, 304, 400, 401, 403, 404, 405, 410, 413, 415, 422, 451, 499]
 )
 def test_permanent(status: int) -> None:
-    assert classify_status(status) is Verdict.PERMANENT
+    assert classify_status(status) is OutcomeKind.PERMANENT
 
 
 def test_default_list() -> None:
@@ -40,19 +40,19 @@ def test_default_list() -> None:
 
 def test_custom_retryable_list_replaces_the_default() -> None:
     custom = {404, 423}
-    assert classify_status(404, custom) is Verdict.RETRYABLE
-    assert classify_status(423, custom) is Verdict.RETRYABLE
-    assert classify_status(429, custom) is Verdict.PERMANENT  # no longer listed
-    assert classify_status(503, custom) is Verdict.RETRYABLE  # every 5xx always is
-    assert classify_status(200, custom) is Verdict.DELIVERED
-    assert classify_status(503, ()) is Verdict.RETRYABLE
-    assert classify_status(408, ()) is Verdict.PERMANENT
+    assert classify_status(404, custom) is OutcomeKind.RETRYABLE
+    assert classify_status(423, custom) is OutcomeKind.RETRYABLE
+    assert classify_status(429, custom) is OutcomeKind.PERMANENT  # no longer listed
+    assert classify_status(503, custom) is OutcomeKind.RETRYABLE  # every 5xx always is
+    assert classify_status(200, custom) is OutcomeKind.DELIVERED
+    assert classify_status(503, ()) is OutcomeKind.RETRYABLE
+    assert classify_status(408, ()) is OutcomeKind.PERMANENT
 
 
 def test_outcome_ok() -> None:
-    assert Outcome(Verdict.DELIVERED, "ok", status=200).ok
-    assert not Outcome(Verdict.RETRYABLE, "timeout").ok
-    assert not Outcome(Verdict.PERMANENT, "http_422", status=422).ok
+    assert Outcome(OutcomeKind.DELIVERED, "ok", status=200).ok
+    assert not Outcome(OutcomeKind.RETRYABLE, "timeout").ok
+    assert not Outcome(OutcomeKind.PERMANENT, "http_422", status=422).ok
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from bridge.errors import describe
 from bridge.events import Event
 from bridge.headers import KAFKA_HEADER_PREFIX, is_header_name, is_reserved
 from bridge.invoker import build_headers
-from bridge.outcome import DEFAULT_RETRYABLE_STATUSES, Verdict, classify_status
+from bridge.outcome import DEFAULT_RETRYABLE_STATUSES, OutcomeKind, classify_status
 from bridge.retry import Backoff, RetryPolicy, backoff
 from bridge.tls import ssl_context
 from connectors.cron import encode_data
@@ -135,9 +135,9 @@ def test_config_default_retryable_statuses_are_the_outcome_rule() -> None:
     assert trigger.retry.retryable_statuses == DEFAULT_RETRYABLE_STATUSES
     assert {408, 409, 425, 429} == DEFAULT_RETRYABLE_STATUSES
     for status in (408, 409, 425, 429, 500, 503, 599):
-        assert classify_status(status) is Verdict.RETRYABLE
+        assert classify_status(status) is OutcomeKind.RETRYABLE
     for status in (400, 401, 404, 410, 422):
-        assert classify_status(status) is Verdict.PERMANENT
+        assert classify_status(status) is OutcomeKind.PERMANENT
 
 
 # --- CloudEvents attribute set (bridge.cloudevents) ------------------------------------
