@@ -4,10 +4,11 @@ Queue triggers run on every replica; cron ticks must fire once, so the cron conn
 asks a :class:`Leadership` before it fires. The Kubernetes Lease implementation lives
 in ``bridge.kube``; this module holds the contract and the single-process default.
 
-Lifecycle, driven by the runtime: ``start()`` after the triggers are built;
-``stop_leading()`` when a stop begins (intake stops: no tick fires any more, but a
-Lease stays held so no other replica starts a run while ours drain); ``stop()`` last,
-after the triggers drained, which releases the Lease.
+Lifecycle, driven by the runtime: ``run()`` under its supervisor (task ``leadership``)
+from when the triggers are started; ``stop_leading()`` when a stop begins (intake
+stops: no tick fires any more, but a Lease stays held and renewed so no other replica
+starts a run while ours drain); then, after the triggers drained, the ``run()`` task is
+cancelled and ``close()`` releases the Lease.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Leadership(Protocol):
 
     async def wait_leader(self) -> None: ...
 
-    async def start(self) -> None: ...
+    async def run(self) -> None:
+        """Keep leadership current (renew a Lease) until cancelled."""
 
     def stop_leading(self) -> None:
         """Fire nothing more from now on; keep any Lease until :meth:`stop`."""
@@ -50,8 +52,8 @@ class Leadership(Protocol):
         """A tick due at ``scheduled`` was not fired here because we did not lead (a
         stop may hand it to the next leader)."""
 
-    async def stop(self) -> None:
-        """Give leadership up for good (release the Lease)."""
+    async def close(self) -> None:
+        """Give leadership up for good (release the Lease); after ``run`` was cancelled."""
 
 
 class AlwaysLeader:
@@ -69,8 +71,9 @@ class AlwaysLeader:
     async def wait_leader(self) -> None:
         await asyncio.sleep(0)
 
-    async def start(self) -> None:
-        """Nothing to acquire."""
+    async def run(self) -> None:
+        """Nothing to renew: waits until cancelled."""
+        await asyncio.Event().wait()
 
     def stop_leading(self) -> None:
         self.is_leader = False
@@ -78,5 +81,5 @@ class AlwaysLeader:
     def note_unfired(self, scheduled: datetime) -> None:
         """No other process takes over."""
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         self.is_leader = False

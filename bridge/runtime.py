@@ -172,6 +172,7 @@ class Runtime:
         self._sinks: dict[str, Sink] = {}
         self._functions: dict[str, FunctionConfig] = {}
         self._service_tasks: list[asyncio.Task[None]] = []
+        self._leadership_task: asyncio.Task[None] | None = None
         #: True while start() runs: not ready before every trigger is built (with no
         #: trigger running yet, "every trigger ready" would be vacuously true).
         self._starting = False
@@ -188,7 +189,7 @@ class Runtime:
         except ConfigError:
             await self._release()
             raise
-        await self.leadership.start()
+        self._leadership_task = self._supervisor.spawn("leadership", self.leadership.run)
         self._service_tasks = [self._supervisor.spawn(s.name, s.run) for s in self._services]
         self._starting = False
         self.log.info(
@@ -215,7 +216,8 @@ class Runtime:
         ))
         self.triggers.clear()
         # Released only now: a run of ours (Forbid) never overlaps the next leader's.
-        await self._stop_step("release the Lease", deadline - _CLOSE_RESERVE, leadership.stop)
+        await self._stop_step("release the Lease", deadline - _CLOSE_RESERVE,
+                              self._release_leadership)
         watches = list(self._watches.values())
         self._watches.clear()
         await self._stop_step("stop the endpoint watches", deadline, partial(_cancel, watches))
@@ -235,6 +237,13 @@ class Runtime:
         self.log.info(
             "stopped", drained=all(drained), seconds=round(time.monotonic() - started, 3)
         )
+
+    async def _release_leadership(self) -> None:
+        """End the leadership's loop, then give leadership up (release the Lease)."""
+        task, self._leadership_task = self._leadership_task, None
+        if task is not None:
+            await _cancel([task])
+        await self.leadership.close()
 
     async def _stop_step(
         self, what: str, deadline: float, step: Callable[[], Awaitable[object]], **context: str

@@ -47,7 +47,6 @@ fired between its last renewal and its death.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -143,7 +142,6 @@ class LeaseLeadership:
         self._observed_at = 0.0
         self._callbacks: list[Callable[[bool], None]] = []
         self._became_leader = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._handover_since: datetime | None = None
         #: When this replica stopped firing (stop_leading): the released renewTime.
         self._fired_until: datetime | None = None
@@ -180,15 +178,9 @@ class LeaseLeadership:
     def namespace(self) -> str:
         return self._namespace or self._kube.namespace
 
-    async def start(self) -> None:
-        """Run :meth:`run` in a task (until the daemon's supervisor runs it)."""
-        if self._task is None or self._task.done():
-            await self._kube.connect()
-            self._task = asyncio.create_task(self.run(), name=f"lease:{self.name}")
-
     def stop_leading(self) -> None:
         """Fire no tick from now on, but keep holding (and renewing) the Lease: the
-        triggers drain before :meth:`stop` releases it."""
+        triggers drain before :meth:`close` releases it."""
         if self._stopping:
             return
         self._stopping = True
@@ -202,16 +194,6 @@ class LeaseLeadership:
         moves the released renewTime back before it, so the next leader fires it."""
         if self._fired_until is not None and scheduled <= self._fired_until:
             self._fired_until = scheduled - _MICROSECOND
-
-    async def stop(self) -> None:
-        """Stop the loop, then :meth:`close`."""
-        self.stop_leading()
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.close()
 
     async def close(self) -> None:
         """Release the Lease if we hold it (bounded: renew deadline), once :meth:`run`

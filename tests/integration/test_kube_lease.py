@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -38,6 +39,20 @@ async def clients(api: KubeApi, tmp_path: Path) -> AsyncIterator[list[KubeClient
         await client.close()
 
 
+def start(lease: LeaseLeadership) -> asyncio.Task[None]:
+    """The Lease loop run as the daemon's supervisor runs it."""
+    return asyncio.create_task(lease.run(), name=f"lease:{lease.identity}")
+
+
+async def stop(lease: LeaseLeadership, run: asyncio.Task[None]) -> None:
+    """The daemon's stop: no tick fires from now on, the loop ends, then the release."""
+    lease.stop_leading()
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    await lease.close()
+
+
 def replica(client: KubeClient, identity: str) -> LeaseLeadership:
     return LeaseLeadership(client, "bridge", identity, get_logger(), lease_duration=2.0,
                            renew_deadline=1.2, retry_period=0.2)
@@ -50,9 +65,9 @@ async def test_one_leader_then_takeover_within_the_lease_duration(
     changes: list[tuple[str, bool]] = []
     a.on_change(lambda leader: changes.append(("a", leader)))
     b.on_change(lambda leader: changes.append(("b", leader)))
-    await a.start()
+    a_run = start(a)
     await asyncio.wait_for(a.wait_leader(), 3)
-    await b.start()
+    b_run = start(b)
     await asyncio.sleep(1.0)
     assert a.is_leader
     assert not b.is_leader
@@ -65,8 +80,7 @@ async def test_one_leader_then_takeover_within_the_lease_duration(
     assert parse_time(spec["acquireTime"]) is not None
 
     # a dies without releasing (its task is cancelled, the Lease left as it is).
-    assert a._task is not None
-    a._task.cancel()
+    a_run.cancel()
     died = time.monotonic()
     await asyncio.sleep(0.1)  # a write of a's already sent still lands
     last_renew = parse_time(api.get(LEASES, "bridge")["spec"]["renewTime"])  # type: ignore[index]
@@ -79,25 +93,25 @@ async def test_one_leader_then_takeover_within_the_lease_duration(
     # a's loop is gone, but its own clock stepped it down at its renew deadline, before
     # b could take over: never two leaders.
     assert changes == [("a", True), ("a", False), ("b", True)]
-    await b.stop()
+    await stop(b, b_run)
     assert api.get(LEASES, "bridge")["spec"]["holderIdentity"] is None  # type: ignore[index]
-    await a.stop()
+    await stop(a, a_run)
 
 
 async def test_release_on_stop_hands_over_at_once(
     api: KubeApi, clients: list[KubeClient]
 ) -> None:
     a, b = replica(clients[0], "a"), replica(clients[1], "b")
-    await a.start()
+    a_run = start(a)
     await asyncio.wait_for(a.wait_leader(), 3)
-    await b.start()
+    b_run = start(b)
     await asyncio.sleep(0.3)
     stopped = time.monotonic()
-    await a.stop()
+    await stop(a, a_run)
     assert not a.is_leader
     await asyncio.wait_for(b.wait_leader(), 2)
     assert time.monotonic() - stopped < 1.0  # not the 2 s lease duration
-    await b.stop()
+    await stop(b, b_run)
 
 
 async def test_conflicting_update_means_someone_else_won(
@@ -138,7 +152,7 @@ async def test_forbidden_lease_update_is_logged_and_not_ready(
     api.forbid("create", LEASES)
     a = replica(clients[0], "a")
     with structlog.testing.capture_logs() as logs:
-        await a.start()
+        a_run = start(a)
         await asyncio.sleep(0.5)
         assert not a.ready
         assert not a.is_leader
@@ -148,7 +162,7 @@ async def test_forbidden_lease_update_is_logged_and_not_ready(
         api.allow("create", LEASES)
         await asyncio.wait_for(a.wait_leader(), 2)
         assert a.ready
-    await a.stop()
+    await stop(a, a_run)
 
 
 async def test_requests_retry_429_and_5xx_honouring_retry_after(
@@ -176,9 +190,9 @@ async def test_stop_keeps_the_lease_until_released_and_hands_over_from_the_last_
     api: KubeApi, clients: list[KubeClient]
 ) -> None:
     a, b = replica(clients[0], "a"), replica(clients[1], "b")
-    await a.start()
+    a_run = start(a)
     await asyncio.wait_for(a.wait_leader(), 3)
-    await b.start()
+    b_run = start(b)
     a.stop_leading()  # SIGTERM: no tick fires any more, the Lease stays a's while it drains
     assert not a.is_leader
     stopped_firing = a._fired_until
@@ -192,10 +206,10 @@ async def test_stop_keeps_the_lease_until_released_and_hands_over_from_the_last_
     assert spec["holderIdentity"] == "a"
     assert spec["renewTime"] != renewed
     assert not b.is_leader
-    await a.stop()
+    await stop(a, a_run)
     await asyncio.wait_for(b.wait_leader(), 2)
     assert b.handover_since == late_tick - timedelta(microseconds=1)
-    await b.stop()
+    await stop(b, b_run)
 
 
 async def test_a_stopping_replica_never_takes_the_lease(
@@ -203,8 +217,8 @@ async def test_a_stopping_replica_never_takes_the_lease(
 ) -> None:
     a = replica(clients[0], "a")
     a.stop_leading()
-    await a.start()
+    a_run = start(a)
     await asyncio.sleep(0.6)
     assert api.get(LEASES, "bridge") is None
     assert not a.is_leader
-    await a.stop()
+    await stop(a, a_run)

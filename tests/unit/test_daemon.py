@@ -15,6 +15,7 @@ import structlog
 
 from bridge.config import ConfigError, KubernetesTarget, load_config, parse_config
 from bridge.daemon import Daemon, first_of
+from bridge.leadership import AlwaysLeader
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
 from bridge.pools import BalancedPool
@@ -209,3 +210,54 @@ async def test_the_daemon_runs_the_reloader_supervised_and_lets_go_of_sighup(
     assert daemon.supervisor.tasks == frozenset()
     # The reloader's SIGHUP handler went with it (False: there was none to remove).
     assert asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP) is False
+
+
+class RecordingLeadership(AlwaysLeader):
+    """Records the lifecycle calls the runtime makes."""
+
+    def __init__(self, order: list[str]) -> None:
+        super().__init__()
+        self.order = order
+
+    def stop_leading(self) -> None:
+        self.order.append("stop leading")
+        super().stop_leading()
+
+    async def run(self) -> None:
+        self.order.append("run")
+        try:
+            await super().run()
+        except asyncio.CancelledError:
+            self.order.append("run cancelled")
+            raise
+
+    async def close(self) -> None:
+        self.order.append("close")
+        await super().close()
+
+
+async def test_the_leadership_runs_supervised_and_is_released_after_the_drain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order: list[str] = []
+    config = parse_config(CONFIG.replace("kubernetes: {service: fn, namespace: jobs}",
+                                         'url: "http://127.0.0.1:9/"'))
+    supervisor = Supervisor(get_logger(), Metrics())
+    runtime = Runtime(config, SETTINGS, supervisor=supervisor,
+                      leadership=RecordingLeadership(order))
+    assert runtime.context.leadership is runtime.leadership  # the connectors' too
+
+    async def draining(timeout: float) -> bool:
+        order.append("drain")
+        return True
+
+    await runtime.start()
+    await asyncio.sleep(0)
+    assert "leadership" in {t.get_name() for t in supervisor.tasks}
+    for running in runtime.triggers.values():
+        monkeypatch.setattr(running.dispatcher, "drain", draining)
+    await runtime.shutdown()
+    # No tick fires from the stop on; the Lease is kept (renewed) through the drain and
+    # released only after it.
+    assert order == ["run", "stop leading", "drain", "drain", "run cancelled", "close"]
+    assert supervisor.tasks == frozenset()
