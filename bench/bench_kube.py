@@ -10,6 +10,8 @@
 - ``pick_overhead``: ``pool.pick()`` per call with 1, 5 and 50 busy endpoints (ns), next to one HTTP
   POST to a local aiohttp function through the invoker's session (us): the cost of
   choosing an endpoint relative to the call it routes.
+- ``watch_memory``: resident memory added by ``--pools`` pools (one Service each, each
+  with its EndpointSlice watch open), emulator included, per pool (KB).
 """
 
 from __future__ import annotations
@@ -84,6 +86,34 @@ async def endpoint_change(changes: int) -> dict[str, object]:
     }
 
 
+def rss_mb() -> float:
+    """Resident memory now (not the peak), MB."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+
+async def watch_memory(pools: int) -> dict[str, object]:
+    async with KubeApi() as api:
+        with tempfile.TemporaryDirectory() as tmp:
+            log = get_logger()
+            client = KubeClient(Settings(kubeconfig=str(api.kubeconfig(Path(tmp)))), log)
+            await client.connect()
+            made = [KubernetesPool(f"fn{n}", KubernetesTarget(service=f"fn{n}"), client, log)
+                    for n in range(pools)]
+            for n in range(pools):
+                api.put(SLICES, endpoint_slice(f"fn{n}", [("10.0.0.1", True)], 8080, f"s{n}"))
+            before = rss_mb()
+            watches = [asyncio.create_task(pool.run()) for pool in made]
+            await until(lambda: all(p.ready for p in made) and api.open_watches == pools)
+            await asyncio.sleep(0.5)
+            added = rss_mb() - before
+            for watch in watches:
+                watch.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+            await client.close()
+    return {"bench": "kube_watch_memory", "pools": pools, "rss_added_mb": round(added, 1),
+            "per_pool_kb": round(added * 1024 / pools)}
+
+
 async def pick_overhead(calls: int) -> dict[str, object]:
     pick_ns = {size: pick_cost(size) for size in (1, 5, 50)}
 
@@ -133,10 +163,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--pools", type=int, default=50)
     args = parser.parse_args()
     configure("json", "warning")
     print(json.dumps(await endpoint_change(args.changes)), flush=True)
     print(json.dumps(await pick_overhead(args.calls)), flush=True)
+    print(json.dumps(await watch_memory(args.pools)), flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.watch import Watch
 
 from bridge.kube.client import ApiMethod, KubeClient, Resource
@@ -34,6 +35,28 @@ Change = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 
 def object_name(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name") or "")
+
+
+class _Watch(Watch):
+    """``Watch`` on the process's API client, its events' objects plain dicts.
+
+    ``Watch()`` builds an API client of its own (an aiohttp session and an SSL context
+    loading the system CAs: ~0.8 MB and ~20 ms per watch, held while it is open) only
+    to decode events; the process's client decodes them as well, and stays open.
+    """
+
+    def __init__(self, api: ApiClient) -> None:  # not Watch.__init__: no client of its own
+        self._raw_return_type = "object"
+        self._stop = False
+        self._api_client = api
+        self.resource_version = None
+        self.resp = None
+
+    async def close(self) -> None:
+        """Let go of the stream (not of the shared client)."""
+        if self.resp is not None:
+            self.resp.release()
+            self.resp = None
 
 
 class Reflector:
@@ -130,7 +153,7 @@ class Reflector:
 
     async def _watch(self) -> None:
         """Watch from ``self._version`` until the server ends the stream."""
-        watch = Watch(return_type="object")  # the events' objects stay plain dicts
+        watch = _Watch(await self._kube.connect())
         stream = watch.stream(
             self._open, resource_version=self._version, allow_watch_bookmarks=True,
             timeout_seconds=self._watch_seconds,
