@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.watch import Watch
 
 from bridge.kube.client import ApiMethod, KubeClient, Resource
@@ -38,22 +37,25 @@ def object_name(obj: dict[str, Any]) -> str:
 
 
 class _Watch(Watch):
-    """``Watch`` on the process's API client, its events' objects plain dicts.
+    """kubernetes_asyncio's ``Watch``, its events' objects left as the API sent them.
 
     ``Watch()`` builds an API client of its own (an aiohttp session and an SSL context
     loading the system CAs: ~0.8 MB and ~20 ms per watch, held while it is open) only
-    to decode events; the process's client decodes them as well, and stays open.
+    to decode each event into a model; here nothing is decoded (the objects stay dicts,
+    without a JSON round trip per event) and the watch holds only its stream.
     """
 
-    def __init__(self, api: ApiClient) -> None:  # not Watch.__init__: no client of its own
-        self._raw_return_type = "object"
+    def __init__(self) -> None:  # not Watch.__init__: no API client of its own
+        self._raw_return_type = None
         self._stop = False
-        self._api_client = api
         self.resource_version = None
         self.resp = None
 
+    def get_return_type(self, func: object) -> str:
+        return ""  # no model to decode into
+
     async def close(self) -> None:
-        """Let go of the stream (not of the shared client)."""
+        """Let go of the stream."""
         if self.resp is not None:
             self.resp.release()
             self.resp = None
@@ -153,7 +155,7 @@ class Reflector:
 
     async def _watch(self) -> None:
         """Watch from ``self._version`` until the server ends the stream."""
-        watch = _Watch(await self._kube.connect())
+        watch = _Watch()
         stream = watch.stream(
             self._open, resource_version=self._version, allow_watch_bookmarks=True,
             timeout_seconds=self._watch_seconds,

@@ -185,8 +185,8 @@ async def test_a_malformed_watch_line_is_a_failure_that_resumes(setup: Setup) ->
 
 async def test_the_watch_builds_no_api_client_of_its_own(setup: Setup) -> None:
     """kubernetes_asyncio's Watch() makes an API client (an aiohttp session and an SSL
-    context with the system CAs, ~0.8 MB) per watch; the reflector's uses the process's
-    one (bench/bench_kube.py watch_memory: 44 KB per pool, not 876)."""
+    context with the system CAs, ~0.8 MB) per watch; the reflector's decodes nothing and
+    needs none (bench/bench_kube.py watch_memory: 44 KB per pool, not 876)."""
     await wait(lambda: setup.api.open_watches == 1)
     sessions = [o for o in gc.get_objects()
                 if isinstance(o, aiohttp.ClientSession) and not o.closed]
