@@ -11,7 +11,6 @@ refused is tried again after ``interval``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -81,15 +80,16 @@ class TriggerStatusWriter:
         """Write statuses as states change; when idle for ``interval``, retry the
         refused ones and write schedule times. Until cancelled."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
+            try:
+                async with asyncio.timeout(self._interval):  # the wait only, not a write
                     name = await self._pending.get()
-                    await self._report(name)
-                    continue
-            for name in self._failed:
-                self._pending.put_nowait(name)
-            self._failed.clear()
-            await self._report_schedules()
+            except TimeoutError:
+                for name in self._failed:
+                    self._pending.put_nowait(name)
+                self._failed.clear()
+                await self._report_schedules()
+                continue
+            await self._report(name)
 
     def _on_leadership(self, leader: bool) -> None:
         if leader:
