@@ -32,6 +32,7 @@ from bridge.config import (
     load_config,
     secrets_of,
 )
+from bridge.errors import describe
 from bridge.logs import Logger, redact
 
 
@@ -136,7 +137,7 @@ class ConfigReloader:
         try:
             await self.reload()
         except Exception as err:
-            error = redact(f"{type(err).__name__}: {err}", secrets_of(self._composer.file))
+            error = redact(describe(err, None), secrets_of(self._composer.file))
             self._log.error("config reload failed", error=error[:400])
 
     async def reload(self) -> bool:

@@ -57,6 +57,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.structs import ConsumerRecord
 
 from bridge.config import KafkaSource, ResolvedTrigger
+from bridge.errors import describe
 from bridge.events import Disposition, Event
 from connectors.base import ConnectorContext
 from connectors.kafka_connection import (
@@ -312,7 +313,7 @@ class KafkaConnector:
             self._unreadable[tp] = str(err)
             self._log.error(
                 "kafka records cannot be read", topic=tp.topic, partition=tp.partition,
-                error=f"{type(err).__name__}: {err}"[:300],
+                error=describe(err),
                 action="partition paused until the bridge restarts; install the codec's "
                        "library (cramjam ships with trigger-bridge) or fix the producer",
             )
@@ -365,7 +366,7 @@ class KafkaConnector:
                 self._m_commit_failures.inc()
                 self._log.warning(
                     "kafka offset commit failed", reason=reason,
-                    error=f"{type(err).__name__}: {err}"[:300],
+                    error=describe(err),
                 )
                 return False
             for state in states:
@@ -390,7 +391,7 @@ class KafkaConnector:
         except Exception as err:  # any failure: the brokers are not usable
             if self._broker_ok:
                 self._log.warning(
-                    "kafka brokers not responding", error=f"{type(err).__name__}: {err}"[:300]
+                    "kafka brokers not responding", error=describe(err)
                 )
             self._broker_ok = False
             return

@@ -19,6 +19,7 @@ from aiokafka import errors as kafka_errors
 from bridge import tls
 from bridge.closing import close_quietly
 from bridge.config import KafkaConnection, TlsConfig
+from bridge.errors import describe
 from bridge.logs import Logger
 
 #: Bound of one request to the brokers (commit, lag query; the sink's produce: x3).
@@ -73,11 +74,11 @@ def describe_failure(err: BaseException, connection: KafkaConnection) -> str:
         mechanism = connection.sasl.mechanism if connection.sasl else connection.security_protocol
         return (
             f"authentication with Kafka brokers {servers} failed ({mechanism}): "
-            f"{type(err).__name__}: {err}"
+            f"{describe(err, None)}"
         )
     if isinstance(err, kafka_errors.KafkaConnectionError | OSError):
         return f"Kafka brokers {servers} unreachable: {err}"
-    return f"cannot connect to Kafka brokers {servers}: {type(err).__name__}: {err}"
+    return f"cannot connect to Kafka brokers {servers}: {describe(err, None)}"
 
 
 async def connect_failure(err: BaseException, connection: KafkaConnection) -> str:

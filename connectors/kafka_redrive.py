@@ -36,8 +36,10 @@ from functools import partial
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from bridge.cloudevents import KAFKA_PREFIX
 from bridge.config import KafkaConnection, ResolvedTrigger
 from bridge.deadletter import Sink
+from bridge.errors import describe
 from bridge.logs import Logger, get_logger
 from bridge.redrive.letters import INVALID_MESSAGE, Letter, NotALetter, NotRedrivable, from_fields
 from bridge.redrive.sources import Item, SourceError
@@ -156,7 +158,7 @@ class KafkaLetters:
             except Exception as err:  # the next settle or the close commits it
                 self._dirty = True
                 self._log.warning("redrive commit failed; retried with the next one",
-                                  error=f"{type(err).__name__}: {err}"[:300])
+                                  error=describe(err))
                 return
             for tp, point in offsets.items():
                 self._offsets[tp].committed = point
@@ -190,8 +192,8 @@ def letter_of(record: ConsumerRecord[bytes, bytes], position: str) -> Letter:
             fields[lower] = value.decode("utf-8", "replace")
             continue
         headers.append((name, value))
-        if lower.startswith("ce_"):
-            cloudevent[name[3:]] = value.decode("utf-8", "replace")
+        if lower.startswith(KAFKA_PREFIX):
+            cloudevent[name[len(KAFKA_PREFIX):]] = value.decode("utf-8", "replace")
         elif lower == "content-type":
             cloudevent["datacontenttype"] = value.decode("utf-8", "replace")
         else:
@@ -264,8 +266,8 @@ def republish_headers(letter: Letter) -> list[tuple[str, bytes]]:
     attributes = {k: v for k, v in letter.cloudevent.items() if k not in _PLACE_EXTENSIONS}
     content_type = attributes.pop("datacontenttype", None)
     headers = [(name, value) for name, value in letter.headers
-               if not name.lower().startswith("ce_") and name.lower() != "content-type"]
-    headers += [(f"ce_{name}", value.encode("utf-8")) for name, value in attributes.items()]
+               if not name.lower().startswith(KAFKA_PREFIX) and name.lower() != "content-type"]
+    headers += [(KAFKA_PREFIX + name, value.encode("utf-8")) for name, value in attributes.items()]
     if content_type:
         headers.append(("content-type", content_type.encode("utf-8")))
     return headers

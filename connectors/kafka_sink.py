@@ -17,6 +17,7 @@ from aiokafka import errors as kafka_errors
 from bridge.cloudevents import KAFKA_PREFIX
 from bridge.config import KafkaConnection, KafkaSinkConfig, ResolvedTrigger, SinkConfig
 from bridge.deadletter import DeadLetter, SinkRefused
+from bridge.errors import describe
 from bridge.logs import Logger, get_logger
 from connectors.kafka_connection import (
     AUTH_ERRORS,
@@ -120,7 +121,7 @@ class KafkaSink:
             )
         except _REFUSALS as err:
             raise SinkRefused(
-                f"topic {self.topic!r} refused the dead letter: {type(err).__name__}: {err}"[:400]
+                f"topic {self.topic!r} refused the dead letter: {describe(err, None)}"[:400]
             ) from None
 
     async def close(self) -> None:

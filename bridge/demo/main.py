@@ -23,7 +23,6 @@ start. Ctrl-C (or ``--duration``) drains and stops, removes the queue, stops the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import tempfile
 from collections.abc import Awaitable
@@ -31,14 +30,19 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bridge.closing import close_quietly
 from bridge.config import parse_config
 from bridge.daemon import Daemon, first_of, stop_on_signals
 from bridge.demo import kafka as demo_kafka
 from bridge.demo.functions import SampleFunctions
 from bridge.demo.kafka import EmbeddedKafka, Unavailable, find_tansu
 from bridge.demo.rabbitmq import DEFAULT_URL, DemoQueue
+from bridge.errors import describe
 from bridge.logs import redact_url
 from bridge.settings import Settings
+
+#: Bound of closing the demo queue at the end.
+_CLOSE_TIMEOUT = 10.0
 
 _CONFIG = """
 defaults:
@@ -117,8 +121,7 @@ async def run_demo(
         await _run(daemon, kafka, queue, stop, duration)
     finally:
         if queue is not None:
-            with contextlib.suppress(Exception):
-                await queue.close()
+            await close_quietly(queue.close, timeout=_CLOSE_TIMEOUT)
         if kafka is not None:
             await kafka.stop()
         await functions.cleanup()
@@ -159,7 +162,7 @@ async def _quietly(what: str, work: Awaitable[None]) -> None:
     try:
         await work
     except Exception as err:
-        print(f"{what} stopped: {type(err).__name__}: {err}"[:300], flush=True)
+        print(f"{what} stopped: {describe(err, None)}"[:300], flush=True)
 
 
 async def _kafka(workdir: Path) -> EmbeddedKafka | None:

@@ -75,8 +75,8 @@ class KubernetesPool(BalancedPool):
 
     def _publish(self) -> None:
         urls: dict[str, bool] = {}
-        for piece in self._slices.values():
-            for url, ready in endpoint_urls(piece, self._target):
+        for endpoint_slice in self._slices.values():
+            for url, ready in endpoint_urls(endpoint_slice, self._target):
                 urls[url] = urls.get(url, False) or ready
         before = {e.url for e in self.endpoints if e.ready}
         self.replace(urls)
@@ -88,14 +88,16 @@ class KubernetesPool(BalancedPool):
             )
 
 
-def endpoint_urls(piece: dict[str, Any], target: KubernetesTarget) -> list[tuple[str, bool]]:
+def endpoint_urls(
+    endpoint_slice: dict[str, Any], target: KubernetesTarget
+) -> list[tuple[str, bool]]:
     """``(url, ready)`` for every endpoint address of one EndpointSlice."""
-    port = resolve_port(piece.get("ports") or [], target.port)
+    port = resolve_port(endpoint_slice.get("ports") or [], target.port)
     if port is None:
         return []
     path = target.path if target.path.startswith("/") else f"/{target.path}"
     found = []
-    for endpoint in piece.get("endpoints") or []:
+    for endpoint in endpoint_slice.get("endpoints") or []:
         conditions = endpoint.get("conditions") or {}
         ready = conditions.get("ready") is not False
         for address in endpoint.get("addresses") or []:

@@ -182,7 +182,9 @@ async def test_the_api_server_is_logged_without_its_password(tmp_path: Path) -> 
     assert "s3cretpw" not in str(logs)
 
 
-def piece(ports: list[dict[str, object]], endpoints: list[dict[str, object]]) -> dict[str, object]:
+def endpoint_slice(
+    ports: list[dict[str, object]], endpoints: list[dict[str, object]]
+) -> dict[str, object]:
     return {"ports": ports, "endpoints": endpoints}
 
 
@@ -198,7 +200,7 @@ def test_resolve_port() -> None:
 
 def test_endpoint_urls_ready_and_ipv6() -> None:
     target = KubernetesTarget(service="s", port="http", path="invoke")
-    found = endpoint_urls(piece(
+    found = endpoint_urls(endpoint_slice(
         [{"name": "http", "port": 8080}],
         [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}},
          {"addresses": ["10.1.0.2"], "conditions": {"ready": False}},
@@ -209,7 +211,7 @@ def test_endpoint_urls_ready_and_ipv6() -> None:
         ("http://10.1.0.1:8080/invoke", True), ("http://10.1.0.2:8080/invoke", False),
         ("http://10.1.0.3:8080/invoke", True), ("http://[fd00::1]:8080/invoke", True),
     ]
-    assert endpoint_urls(piece([{"name": "grpc", "port": 1}], [{"addresses": ["a"]}]),
+    assert endpoint_urls(endpoint_slice([{"name": "grpc", "port": 1}], [{"addresses": ["a"]}]),
                          target) == []
 
 
