@@ -1,7 +1,8 @@
 """The process's connection to the Kubernetes API, and the one way to call it.
 
-One :class:`KubeClient` per process (shared through ``ConnectorContext.shared``) holds
-the ``kubernetes_asyncio`` API client. Configuration is found in this order:
+One :class:`KubeClient` per process (the daemon's, made when a Kubernetes feature is
+configured) holds the ``kubernetes_asyncio`` API client. Configuration is found in this
+order:
 
 1. ``BRIDGE_KUBECONFIG`` (a kubeconfig file, its current context);
 2. in-cluster: the pod's service account (``KUBERNETES_SERVICE_HOST`` is set);
@@ -32,6 +33,7 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
+from bridge.errors import describe
 from bridge.kube.errors import CALL_ERRORS, KubeError, classify, failure
 from bridge.logs import Logger, redact_url
 from bridge.retry import Backoff
@@ -70,7 +72,8 @@ TRIGGERS = Resource(TRIGGER_GROUP, "triggers", k8s.CustomObjectsApi)
 
 
 class KubeConfigError(Exception):
-    """The kubeconfig cannot be used; the message says why, without its values."""
+    """The kubeconfig (or service account) cannot be used; the message says why,
+    without its values."""
 
 
 class KubeClient:
@@ -95,7 +98,13 @@ class KubeClient:
         async with self._lock:
             if self._api is None:
                 configuration = k8s.Configuration()
-                namespace = await self._load(configuration)
+                try:
+                    namespace = await self._load(configuration)
+                except (OSError, ValueError, TypeError, KeyError, AttributeError,
+                        k8s_config.ConfigException) as err:
+                    raise KubeConfigError(
+                        f"cannot load {self._source()}: {redact_url(describe(err, None))}"[:400]
+                    ) from err
                 problem = url_problem(str(configuration.host), ("https", "http"))
                 if problem:  # the value may hold credentials: never shown
                     raise KubeConfigError(f"the API server URL of the kubeconfig {problem}")
@@ -106,6 +115,13 @@ class KubeClient:
                     namespace=self._namespace,
                 )
             return self._api
+
+    def _source(self) -> str:
+        if self._settings.kubeconfig is not None:
+            return f"the kubeconfig {self._settings.kubeconfig} (BRIDGE_KUBECONFIG)"
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return f"the service account in {self._service_account}"
+        return "the default kubeconfig ($KUBECONFIG or ~/.kube/config)"
 
     async def _load(self, configuration: k8s.Configuration) -> str | None:
         """Fill ``configuration``; return the namespace the environment implies."""

@@ -55,7 +55,7 @@ from typing import Any
 from kubernetes_asyncio.client import CoordinationV1Api
 
 from bridge.errors import describe
-from bridge.kube.client import LEASES, KubeClient
+from bridge.kube.client import LEASES, KubeClient, KubeConfigError
 from bridge.kube.errors import KubeError, log_api_error
 from bridge.logs import Logger
 from bridge.metrics import Metrics
@@ -262,7 +262,14 @@ class LeaseLeadership:
     def _failed(self, err: Exception, during: str) -> None:
         """Log and count a failed round. An API error or a timeout leaves leadership to
         the renew deadline; anything else (malformed Lease, bad JSON, a bug) makes this
-        replica a follower at once: its view of the Lease cannot be trusted."""
+        replica a follower at once: its view of the Lease cannot be trusted. A kubeconfig
+        that cannot be loaded (no connection was ever made) keeps it unready."""
+        if isinstance(err, KubeConfigError):
+            self._count("config")
+            self._ready = False
+            self._log.error("kubernetes config cannot be used", during=during,
+                            error=describe(err, 400), retry_in=self._retry)
+            return
         if isinstance(err, KubeError):
             self._count("api")
             self._ready = err.kind != "forbidden"

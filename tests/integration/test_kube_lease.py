@@ -18,6 +18,7 @@ from bridge.kube.client import KubeClient
 from bridge.kube.errors import KubeError
 from bridge.kube.lease import LeaseLeadership, parse_time
 from bridge.logs import get_logger
+from bridge.metrics import Metrics
 from bridge.settings import Settings
 from tests.support.kube_api import KubeApi
 
@@ -222,3 +223,27 @@ async def test_a_stopping_replica_never_takes_the_lease(
     assert api.get(LEASES, "bridge") is None
     assert not a.is_leader
     await stop(a, a_run)
+
+
+async def test_a_kubeconfig_that_cannot_be_loaded_is_one_line_counted_and_unready(
+    tmp_path: Path,
+) -> None:
+    """No traceback for a user error: it used to be counted as ``internal`` and logged
+    with one, every retry period."""
+    metrics = Metrics()
+    kube = KubeClient(Settings(kubeconfig=str(tmp_path / "absent")), get_logger())
+    a = LeaseLeadership(kube, "bridge", "a", get_logger(), lease_duration=2.0,
+                        renew_deadline=1.2, retry_period=0.2, metrics=metrics)
+    with structlog.testing.capture_logs() as logs:
+        a_run = start(a)
+        await asyncio.sleep(0.5)
+        await stop(a, a_run)
+    assert not a.ready
+    failed = [e for e in logs if e.get("during") == "acquire"]
+    assert len(failed) >= 2  # retried every retry period
+    assert {e["event"] for e in failed} == {"kubernetes config cannot be used"}
+    assert not any(e.get("exc_info") for e in failed)
+    assert failed[0]["error"].startswith(
+        f"KubeConfigError: cannot load the kubeconfig {tmp_path / 'absent'} (BRIDGE_KUBECONFIG)")
+    assert metrics.value("bridge_lease_failures_total", lease="bridge", kind="config") == len(
+        failed)
