@@ -8,10 +8,15 @@ another's event loop (they do share this machine's cores with the broker):
 
 - ``function``: an aiohttp server answering 200 (after ``--delay`` in the ordering
   scenario); it keeps each request's receive time and ``ce-time``.
-- ``baseline``: an aiokafka consumer loop (its own group) that takes a batch with
-  ``getmany``, posts every record with one pooled aiohttp session at the same
-  concurrency as the bridge, waits for the batch, then commits it: the floor of
-  "topic -> HTTP function" on this machine. It sends ``ce-id``/``ce-time`` headers.
+- ``baseline`` (the batch loop): an aiokafka consumer loop (its own group) that takes
+  a batch with ``getmany``, posts every record with one pooled aiohttp session at the
+  same concurrency as the bridge, waits for the batch, then commits it. It sends the
+  same CloudEvents binary-mode headers as the bridge.
+- ``pipelined`` (the stronger baseline, issue 12): the same consumer and session, but
+  its intake never waits for a batch: each record is posted in its own task as soon as
+  one of the ``--concurrency`` slots frees, and every 200 ms it commits each
+  partition's contiguous finished offsets (the first offset not finished). What a
+  competent engineer writes by hand; the floor of "topic -> HTTP function" here.
 - ``bridge``: ``python -m bridge run`` with one Kafka trigger (as users run it).
 
 Scenarios (one JSON line per contender, then a summary line):
@@ -22,7 +27,8 @@ Scenarios (one JSON line per contender, then a summary line):
   group join are not counted), plus each process's CPU per record: over its life
   (start-up included) and ``steady`` (from the first record at the function to the
   last, read from /proc: the per-record cost alone). Summary ``ratio`` = bridge /
-  baseline (target >= 0.85), for ``ordering: none`` (the baseline's semantics) and
+  batch loop (target >= 0.85) and ``ratio_pipelined`` = bridge / pipelined loop
+  (target >= 0.95), each for ``ordering: none`` (the baselines' semantics) and
   ``ordering: key`` (default); with ``--repeat N`` the contenders run N rounds in
   alternating order and the summary compares medians. ``--warmup`` uncounted drains go
   first (the first reader of a fresh topic ran 10-25 % slower, whoever it was).
@@ -52,13 +58,19 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = 1000
@@ -141,34 +153,44 @@ class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]
         print("ready", flush=True)
 
 
+def _headers(record: Any) -> dict[str, str]:
+    """The same CloudEvents binary-mode headers the bridge sends."""
+    stamp = datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat()
+    return {
+        "ce-specversion": "1.0", "ce-type": "dev.triggerbridge.kafka.record",
+        "ce-id": f"{record.topic}/{record.partition}/{record.offset}",
+        "ce-source": f"kafka://{record.topic}", "ce-time": stamp,
+        "ce-kafkatopic": record.topic, "ce-kafkapartition": str(record.partition),
+        "ce-kafkaoffset": str(record.offset),
+        "ce-partitionkey": record.key.decode() if record.key else "",
+        "Content-Type": "application/octet-stream",
+    }
+
+
+async def _start_consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_poll_records=500,
+    )
+    await consumer.start()
+    consumer.subscribe([topic], listener=_Joined())
+    return consumer
+
+
 def run_baseline(bootstrap: str, topic: str, group: str, url: str, concurrency: int) -> None:
     """getmany -> post each record (bounded concurrency) -> commit the batch."""
 
     async def consume() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=500,
-        )
-        await consumer.start()
-        consumer.subscribe([topic], listener=_Joined())
+        consumer = await _start_consumer(bootstrap, topic, group)
         slots = asyncio.Semaphore(concurrency)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
 
             async def post(record: Any) -> None:
-                stamp = datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat()
-                headers = {  # the same CloudEvents binary-mode headers the bridge sends
-                    "ce-specversion": "1.0", "ce-type": "dev.triggerbridge.kafka.record",
-                    "ce-id": f"{record.topic}/{record.partition}/{record.offset}",
-                    "ce-source": f"kafka://{record.topic}", "ce-time": stamp,
-                    "ce-kafkatopic": record.topic, "ce-kafkapartition": str(record.partition),
-                    "ce-kafkaoffset": str(record.offset),
-                    "ce-partitionkey": record.key.decode() if record.key else "",
-                    "Content-Type": "application/octet-stream",
-                }
-                async with slots, session.post(url, data=record.value, headers=headers) as r:
+                async with slots, session.post(url, data=record.value,
+                                               headers=_headers(record)) as r:
                     await r.read()
 
             while not stop.is_set():
@@ -177,6 +199,69 @@ def run_baseline(bootstrap: str, topic: str, group: str, url: str, concurrency: 
                     continue
                 await asyncio.gather(*(post(r) for records in batch.values() for r in records))
                 await consumer.commit()
+        await consumer.stop()
+
+    asyncio.run(consume())
+
+
+def run_pipelined(bootstrap: str, topic: str, group: str, url: str, concurrency: int) -> None:
+    """getmany -> each record posted in its own task as soon as a slot frees (the intake
+    never waits for a batch) -> every 200 ms, commit each partition's contiguous
+    finished offsets. A failed post is never marked finished (at-least-once)."""
+
+    async def consume() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        consumer = await _start_consumer(bootstrap, topic, group)
+        slots = asyncio.Semaphore(concurrency)
+        taken: dict[TopicPartition, deque[int]] = {}
+        finished: dict[TopicPartition, set[int]] = {}
+        tasks: set[asyncio.Task[None]] = set()
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def post(tp: TopicPartition, record: Any) -> None:
+                try:
+                    async with session.post(url, data=record.value,
+                                            headers=_headers(record)) as r:
+                        await r.read()
+                        if r.status < 300:
+                            finished[tp].add(record.offset)
+                finally:
+                    slots.release()
+
+            async def commit() -> None:
+                offsets = {}
+                for tp, offsets_taken in taken.items():
+                    done, last = finished[tp], None
+                    while offsets_taken and offsets_taken[0] in done:
+                        last = offsets_taken.popleft()
+                        done.discard(last)
+                    if last is not None:
+                        offsets[tp] = last + 1
+                if offsets:
+                    await consumer.commit(offsets)
+
+            async def committer() -> None:
+                while True:
+                    await asyncio.sleep(0.2)
+                    await commit()
+
+            commits = asyncio.create_task(committer())
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                for tp, records in batch.items():
+                    offsets_taken = taken.setdefault(tp, deque())
+                    finished.setdefault(tp, set())
+                    for record in records:
+                        await slots.acquire()
+                        offsets_taken.append(record.offset)
+                        task = asyncio.create_task(post(tp, record))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+            commits.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await commit()
         await consumer.stop()
 
     asyncio.run(consume())
@@ -365,9 +450,12 @@ async def bridge_ready(session: aiohttp.ClientSession, contender: Contender) -> 
     raise TimeoutError("bridge not ready")
 
 
-def start_baseline(bootstrap: str, topic: str, url: str, concurrency: int) -> Contender:
-    group = f"baseline-{uuid.uuid4().hex[:8]}"
-    return Contender([sys.executable, __file__, "--baseline", bootstrap, topic, group, url,
+def start_baseline(
+    bootstrap: str, topic: str, url: str, concurrency: int, kind: str = "baseline"
+) -> Contender:
+    """``kind``: ``baseline`` (the batch loop) or ``pipelined``."""
+    group = f"{kind}-{uuid.uuid4().hex[:8]}"
+    return Contender([sys.executable, __file__, f"--{kind}", bootstrap, topic, group, url,
                       str(concurrency)])
 
 
@@ -387,13 +475,14 @@ async def throughput(args: argparse.Namespace, broker: Broker, workdir: Path) ->
     steadies: dict[str, list[float]] = {}
     try:
         async with aiohttp.ClientSession() as session:
-            runs = [("baseline", "none"), ("bridge", "none"), ("bridge", "key")]
+            runs = [(name, ordering) for name, ordering in CONTENDERS
+                    if _label(name, ordering) in args.contenders]
             for _ in range(args.warmup):  # the first drain of a topic runs slower: not counted
                 await _drain(args, broker, workdir, topic, function=function, session=session,
                              name="baseline", ordering="none")
             for round_ in range(args.repeat):
                 for name, ordering in runs if round_ % 2 == 0 else runs[::-1]:
-                    label = name if name == "baseline" else f"bridge_{ordering}"
+                    label = _label(name, ordering)
                     rate, cpu, steady = await _drain(
                         args, broker, workdir, topic, function=function, session=session,
                         name=name, ordering=ordering)
@@ -407,12 +496,28 @@ async def throughput(args: argparse.Namespace, broker: Broker, workdir: Path) ->
     finally:
         function.stop()
     median = {label: statistics.median(rates) for label, rates in figures.items()}
+    ratios = {}
+    for base, name in (("baseline", "ratio"), ("pipelined", "ratio_pipelined")):
+        for ordering in ("none", "key"):
+            if base in median and f"bridge_{ordering}" in median:
+                ratios[f"{name}_{ordering}"] = round(
+                    median[f"bridge_{ordering}"] / median[base], 3)
+    if "baseline" in median and "pipelined" in median:
+        ratios["pipelined_over_batch_loop"] = round(median["pipelined"] / median["baseline"], 3)
     emit(scenario="throughput", summary=True, rounds=args.repeat,
          median_records_per_s={k: round(v) for k, v in median.items()},
          median_steady_cpu_us_per_record={
              k: round(statistics.median(v) * 1e6) for k, v in steadies.items()},
-         ratio_none=round(median["bridge_none"] / median["baseline"], 3),
-         ratio_key=round(median["bridge_key"] / median["baseline"], 3), target=0.85)
+         **ratios, target=0.85, target_pipelined=0.95)
+
+
+#: Throughput contenders in round order: (process, ordering).
+CONTENDERS = [("baseline", "none"), ("pipelined", "none"), ("bridge", "none"),
+              ("bridge", "key")]
+
+
+def _label(name: str, ordering: str) -> str:
+    return f"bridge_{ordering}" if name == "bridge" else name
 
 
 async def _drain(
@@ -423,8 +528,9 @@ async def _drain(
     its life, CPU seconds per record while records flowed: start-up and group join left
     out)."""
     await function.reset(session)
-    if name == "baseline":
-        contender = start_baseline(broker.bootstrap, topic, function.url, args.concurrency)
+    if name in ("baseline", "pipelined"):
+        contender = start_baseline(broker.bootstrap, topic, function.url, args.concurrency,
+                                   name)
     else:
         contender = start_bridge(bridge_config(
             broker.bootstrap, topic, function.url, ordering,
@@ -539,9 +645,10 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-function":
         serve_function(int(sys.argv[2]), float(sys.argv[3]))
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "--baseline":
+    if len(sys.argv) > 1 and sys.argv[1] in ("--baseline", "--pipelined"):
         bootstrap, topic, group, url, concurrency = sys.argv[2:7]
-        run_baseline(bootstrap, topic, group, url, int(concurrency))
+        loop = run_baseline if sys.argv[1] == "--baseline" else run_pipelined
+        loop(bootstrap, topic, group, url, int(concurrency))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=100_000)
@@ -558,6 +665,11 @@ def main() -> None:
                         help="uncounted drains before the throughput rounds (the first "
                         "contender to read a topic was 10-25%% slower than later ones)")
     parser.add_argument("--only", choices=["throughput", "ordering", "latency"])
+    parser.add_argument(
+        "--contenders", type=lambda text: set(text.split(",")),
+        default={_label(*c) for c in CONTENDERS},
+        help="throughput contenders, comma-separated (default: all): baseline (the batch "
+        "loop), pipelined, bridge_none, bridge_key")
     asyncio.run(run(parser.parse_args()))
 
 
