@@ -2,9 +2,10 @@
 
 A :class:`Pool` knows a function's endpoints and picks the one with the fewest
 outstanding requests. A :class:`Target` wraps a pool with the platform team's
-per-function quota (``max_concurrency``, shared by every trigger of the function) and
-the hybrid overflow: when no in-cluster capacity is available within ``after``, the
-invocation goes to the overflow URL instead of waiting.
+per-function quota (``max_concurrency``, shared by every trigger of the function), any
+further limits on top of it (:mod:`bridge.limits`: a team quota's share, an adaptive
+limit) and the hybrid overflow: when no in-cluster capacity is available within
+``after``, the invocation goes to the overflow URL instead of waiting.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from bridge.limits import Limit, acquire_all, release_all
 
 
 class NoEndpoints(Exception):
@@ -115,7 +118,13 @@ class Route:
 
 @dataclass(slots=True, eq=False)
 class Target:
-    """One function as the invoker sees it."""
+    """One function as the invoker sees it.
+
+    An attempt holds one slot of every limit in :attr:`chain`, taken in order: the
+    function's own (:attr:`limit`, from ``max_concurrency``) first, then ``limits``
+    (shared ones, such as a team quota's share, come after the function's own so a
+    function at its own limit never holds a shared slot while it waits).
+    """
 
     name: str
     pool: Pool
@@ -123,11 +132,14 @@ class Target:
     headers: Mapping[str, str] = field(default_factory=dict)
     overflow_url: str | None = None
     overflow_after: float = 0.25
-    _slots: asyncio.Semaphore | None = field(default=None, init=False)
+    limits: tuple[Limit, ...] = ()
+    limit: Limit | None = field(default=None, init=False)
+    chain: tuple[Limit, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         if self.max_concurrency is not None:
-            self._slots = asyncio.Semaphore(self.max_concurrency)
+            self.limit = Limit(self.max_concurrency)
+        self.chain = ((self.limit,) if self.limit else ()) + tuple(self.limits)
 
     async def acquire(self) -> Route:
         """A quota slot and an endpoint (or the overflow URL) for one attempt.
@@ -152,12 +164,12 @@ class Target:
             self._release_slot()
 
     def _release_slot(self) -> None:
-        if self._slots is not None:
-            self._slots.release()
+        if self.chain:
+            release_all(self.chain)
 
     async def _take_slot(self) -> None:
-        if self._slots is not None:
-            await self._slots.acquire()
+        if self.chain:
+            await acquire_all(self.chain)
 
     async def _capacity_within(self, seconds: float) -> bool:
         """Take a quota slot with a ready endpoint within ``seconds``; False means overflow."""
