@@ -96,6 +96,8 @@ async def test_a_trigger_the_file_would_refuse_is_invalid_and_the_rest_runs(
             condition = ready(api, "a-no-sink-url")
             assert condition["reason"] == "InvalidSpec"
             assert condition["message"].startswith("spec.dead_letter.rabbitmq.url: required")
+            # The status writer posts the Event after the status patch: wait for it too.
+            await wait(lambda: events_of(api, "a-no-sink-url"), 10)
             [event] = events_of(api, "a-no-sink-url")
             assert (event["type"], event["reason"]) == ("Warning", "InvalidSpec")
 
@@ -160,6 +162,7 @@ async def test_a_trigger_that_cannot_be_built_is_start_failed_and_the_rest_runs(
             await wait(lambda: ready(api, "a-explodes").get("status") == "True", 10)
             assert ready(api, "a-explodes")["observedGeneration"] == 2
             await fn.wait_for(lambda: fired(fn, "a-explodes") >= 1, timeout=10)
+            await wait(lambda: len(events_of(api, "a-explodes")) >= 2, 5)
             assert [e["reason"] for e in events_of(api, "a-explodes")] == [
                 "StartFailed", "Applied"]
             assert "a-explodes" not in runtime.failures
