@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from bridge.cluster import Cluster
 from bridge.config import BridgeConfig, KubernetesTarget
 from bridge.exit_codes import EXIT_FAILURE, EXIT_OK
 from bridge.leadership import AlwaysLeader, Leadership
@@ -74,11 +75,13 @@ class Daemon:
                 config_path, self.composer, settings.reload_interval, self.log
             )
             services.append(Loop("config-reload", self.reloader.run))
+        self.cluster: Cluster | None = None
         leadership = self._attach_kubernetes(services, probes)
         self.runtime = Runtime(
             config, settings, metrics=self.metrics, log=self.log, supervisor=self.supervisor,
             leadership=leadership, services=services, probes=probes,
             kubernetes_pools=self.kubernetes.pool, resources=[self.kubernetes],
+            cluster=self.cluster,
         )
 
     async def _apply(self, config: BridgeConfig) -> Mapping[str, str]:
@@ -94,13 +97,25 @@ class Daemon:
         a readiness probe (false while the API refuses the service account)."""
         settings = self.settings
         leadership: Leadership = AlwaysLeader()
-        if not (settings.leader_election or settings.watch_triggers):
+        if not (settings.leader_election or settings.watch_triggers
+                or settings.cluster_quotas or settings.cron_shards):
             return leadership
         from bridge.kube.lease import LeaseLeadership
+        from bridge.kube.members import MemberLeases
         from bridge.kube.trigger_watch import TriggerWatcher
 
         client = self.kubernetes.client()
         identity = settings.instance or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        if settings.cluster_quotas or settings.cron_shards:
+            members = MemberLeases(
+                client, settings.lease_name, identity, self.log,
+                lease_duration=settings.lease_duration,
+                renew_deadline=settings.lease_renew_deadline,
+                retry_period=settings.lease_retry_period,
+                shard_count=settings.cron_shards, metrics=self.metrics,
+            )
+            probes["cluster"] = lambda: members.ready
+            self.cluster = members
         if settings.leader_election:
             lease = LeaseLeadership(
                 client, settings.lease_name, identity, self.log,

@@ -311,6 +311,16 @@ class Metrics:
             "bridge_cron_leader", "1 while this replica leads cron (holds the Lease, fires).",
             ["lease"], registry=r,
         )
+        self.cluster_members = Gauge(
+            "bridge_cluster_members",
+            "Live replicas this one sees through their member Leases (itself included once "
+            "its own is current).", registry=r,
+        )
+        self.quota_share = Gauge(
+            "bridge_quota_share",
+            "This replica's share of a cluster-wide quota (kind: function or team); 0 while "
+            "not settled in the cluster.", ["kind", "quota"], registry=r,
+        )
 
     def trigger(self, name: str, function: str = "") -> TriggerStats:
         """The stats of trigger ``name`` (created on first use)."""

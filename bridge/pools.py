@@ -133,11 +133,13 @@ class Target:
     overflow_url: str | None = None
     overflow_after: float = 0.25
     limits: tuple[Limit, ...] = ()
-    limit: Limit | None = field(default=None, init=False)
+    #: The function's own limit: given (a cluster-wide quota's share, bridge.quotas),
+    #: else made from ``max_concurrency``.
+    limit: Limit | None = None
     chain: tuple[Limit, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
-        if self.max_concurrency is not None:
+        if self.limit is None and self.max_concurrency is not None:
             self.limit = Limit(self.max_concurrency)
         self.chain = ((self.limit,) if self.limit else ()) + tuple(self.limits)
 

@@ -49,6 +49,7 @@ import aiohttp
 
 from bridge.admin import AdminServer
 from bridge.closing import close_quietly
+from bridge.cluster import Cluster
 from bridge.config import (
     BridgeConfig,
     ConfigError,
@@ -67,6 +68,7 @@ from bridge.leadership import AlwaysLeader, Leadership
 from bridge.logs import Logger, get_logger, redact
 from bridge.metrics import Metrics
 from bridge.pools import BalancedPool, Pool, Target, WatchedPool
+from bridge.quotas import QuotaLimits
 from bridge.retry import Backoff
 from bridge.settings import Settings
 from bridge.supervisor import Loop, Supervisor
@@ -137,11 +139,14 @@ class Runtime:
         probes: Mapping[str, Callable[[], bool]] | None = None,
         kubernetes_pools: KubernetesPools | None = None,
         resources: Sequence[Closable] = (),
+        cluster: Cluster | None = None,
     ) -> None:
         """``services``: loops started after the triggers and stopped before them
         (config reload, the Trigger watch). ``probes``: extra readiness checks by name
         (e.g. a Kubernetes watch refused by RBAC). ``resources``: closed at the end of
-        the stop, with the sinks (a Kubernetes API client)."""
+        the stop, with the sinks (a Kubernetes API client). ``cluster``: the live
+        replicas (its loop runs from the start; it is left after the drain); with
+        ``BRIDGE_CLUSTER_QUOTAS`` each replica enforces its share of every quota."""
         self.config = config
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -157,6 +162,9 @@ class Runtime:
         self._probes = dict(probes or {})
         self._kubernetes_pools = kubernetes_pools
         self._resources = tuple(resources)
+        self._cluster = cluster
+        self.quotas = QuotaLimits(cluster if settings.cluster_quotas else None,
+                                  self.metrics, self.log)
         self.triggers: dict[str, RunningTrigger] = {}
         #: Triggers of the config that could not be built (see :meth:`apply`).
         self.failures: dict[str, BuildFailure] = {}
@@ -173,6 +181,7 @@ class Runtime:
         self._functions: dict[str, FunctionConfig] = {}
         self._service_tasks: list[asyncio.Task[None]] = []
         self._leadership_task: asyncio.Task[None] | None = None
+        self._cluster_task: asyncio.Task[None] | None = None
         #: True while start() runs: not ready before every trigger is built (with no
         #: trigger running yet, "every trigger ready" would be vacuously true).
         self._starting = False
@@ -189,6 +198,8 @@ class Runtime:
         except ConfigError:
             await self._release()
             raise
+        if self._cluster is not None:
+            self._cluster_task = self._supervisor.spawn("cluster", self._cluster.run)
         self._leadership_task = self._supervisor.spawn("leadership", self.leadership.run)
         self._service_tasks = [self._supervisor.spawn(s.name, s.run) for s in self._services]
         self._starting = False
@@ -218,6 +229,8 @@ class Runtime:
         # Released only now: a run of ours (Forbid) never overlaps the next leader's.
         await self._stop_step("release the Lease", deadline - _CLOSE_RESERVE,
                               self._release_leadership)
+        await self._stop_step("leave the cluster", deadline - _CLOSE_RESERVE,
+                              self._leave_cluster)
         watches = list(self._watches.values())
         self._watches.clear()
         await self._stop_step("stop the endpoint watches", deadline, partial(_cancel, watches))
@@ -244,6 +257,15 @@ class Runtime:
         if task is not None:
             await _cancel([task])
         await self.leadership.close()
+
+    async def _leave_cluster(self) -> None:
+        """After the drain (our in-flight count against our shares until now): end the
+        membership loop and leave, so the other replicas take our shares at once."""
+        task, self._cluster_task = self._cluster_task, None
+        if task is not None:
+            await _cancel([task])
+        if self._cluster is not None:
+            await self._cluster.close()
 
     async def _stop_step(
         self, what: str, deadline: float, step: Callable[[], Awaitable[object]], **context: str
@@ -442,10 +464,13 @@ class Runtime:
         """One target per function: its quota is shared by every trigger that calls it."""
         if name not in self._targets:
             self._functions[name] = function
+            limit = (None if function.max_concurrency is None
+                     else self.quotas.limit("function", name, function.max_concurrency))
             self._targets[name] = Target(
                 name=name,
                 pool=self._pool(name, function),
                 max_concurrency=function.max_concurrency,
+                limit=limit,
                 headers=function.headers,
                 overflow_url=function.overflow.url if function.overflow else None,
                 overflow_after=function.overflow.after if function.overflow else 0.25,
@@ -469,6 +494,7 @@ class Runtime:
         if watch is not None:
             await _cancel([watch])
         self._watched.pop(name, None)
+        self.quotas.drop("function", name)
         target = self._targets.pop(name, None)
         if target is not None:
             await close_quietly(target.close, timeout=_STOP_TIMEOUT)

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     lease_duration: Annotated[float, BeforeValidator(parse_duration)] = 15.0
     lease_renew_deadline: Annotated[float, BeforeValidator(parse_duration)] = 10.0
     lease_retry_period: Annotated[float, BeforeValidator(parse_duration)] = 2.0
+    #: Enforce every function's ``max_concurrency`` and team quota across replicas: each
+    #: replica keeps a member Lease and enforces its share (docs/kubernetes.md).
+    cluster_quotas: bool = False
+    #: Spread cron triggers over replicas through this many shard Leases (0: one cron
+    #: leader for all, BRIDGE_LEADER_ELECTION). Every replica must use the same count.
+    cron_shards: int = Field(0, ge=0, le=1024)
     #: Watch Trigger custom resources (triggerbridge.dev/v1alpha1) in the namespace.
     watch_triggers: bool = False
     #: How often the config file is checked for changes (0: only on SIGHUP).

@@ -51,6 +51,8 @@ class RecordingFunction:
         self.attempts: dict[str, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+        #: (time.monotonic(), in_flight) at every change of in_flight.
+        self.in_flight_history: list[tuple[float, int]] = []
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
         self.port = 0
@@ -82,6 +84,7 @@ class RecordingFunction:
         self.attempts[call.event_id] = self.attempts.get(call.event_id, 0) + 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.in_flight_history.append((time.monotonic(), self.in_flight))
         try:
             reply = self.behaviour(call, self.attempts[call.event_id])
             if asyncio.iscoroutine(reply) or isinstance(reply, Awaitable):
@@ -91,6 +94,7 @@ class RecordingFunction:
                 await asyncio.sleep(reply.delay)
         finally:
             self.in_flight -= 1
+            self.in_flight_history.append((time.monotonic(), self.in_flight))
         self.calls.append(call)
         async with self._changed:
             self._changed.notify_all()

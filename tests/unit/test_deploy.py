@@ -231,7 +231,7 @@ def test_role_grants_exactly_the_verbs_used() -> None:
         ("discovery.k8s.io", "endpointslices"): ["list", "watch"],
         ("triggerbridge.dev", "triggers"): ["get", "list", "watch"],
         ("triggerbridge.dev", "triggers/status"): ["patch"],
-        ("coordination.k8s.io", "leases"): ["create", "get", "update"],
+        ("coordination.k8s.io", "leases"): ["create", "delete", "get", "list", "update"],
         ("", "events"): ["create"],
     }
     binding = find(build(), "RoleBinding", "trigger-bridge")
