@@ -43,6 +43,10 @@ class QuotaLimits:
         self._metrics.quota_share.labels(kind=kind, quota=name).set(capacity)
         return limit
 
+    def names(self, kind: str) -> set[str]:
+        """The quotas of ``kind`` that have a limit here."""
+        return {n for k, n in self._limits if k == kind}
+
     def drop(self, kind: str, name: str) -> None:
         """Forget a quota no longer in the config (its limit may still drain)."""
         if self._limits.pop((kind, name), None) is not None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -59,6 +59,7 @@ from bridge.config import (
     ResolvedTrigger,
     SinkConfig,
     secrets_of,
+    unused_quotas,
 )
 from bridge.deadletter import Sink, sink_key
 from bridge.dispatcher import Dispatcher
@@ -311,6 +312,7 @@ class Runtime:
         """
         wanted = {t.name: config.resolve(t) for t in config.triggers}
         self.config = config
+        self._apply_quotas(wanted.values())
         changed = [n for n, r in self.triggers.items() if wanted.get(n) != r.trigger]
         for name in changed:
             await self.stop_trigger(name)
@@ -334,6 +336,18 @@ class Runtime:
         await self._close_unused_sinks()
         return {name: failure.reason for name, failure in self.failures.items()}
 
+    def _apply_quotas(self, triggers: Iterable[ResolvedTrigger]) -> None:
+        """Team quotas of the config: resized in place (the functions joining them keep
+        running), dropped when removed; a quota no function joins is logged."""
+        quotas = self.config.quotas
+        for name in self.quotas.names("team") - set(quotas):
+            self.quotas.drop("team", name)
+        for name in self.quotas.names("team") & set(quotas):
+            self.quotas.limit("team", name, quotas[name].max_concurrency)
+        for name in unused_quotas(self.config, (t.function for t in triggers)):
+            self.log.warning("quota is used by no function", quota=name,
+                             max_concurrency=quotas[name].max_concurrency)
+
     async def _start_all(self) -> None:
         """Build every trigger of the config, then start them; ConfigError if any fails.
 
@@ -341,6 +355,7 @@ class Runtime:
         and the CLI exits 2 naming it (``triggers[3]: cannot be started: ...``).
         """
         built, problems = [], []
+        self._apply_quotas(self.config.resolve(t) for t in self.config.triggers)
         for index, trigger in enumerate(self.config.triggers):
             resolved = self.config.resolve(trigger)
             try:
@@ -466,11 +481,14 @@ class Runtime:
             self._functions[name] = function
             limit = (None if function.max_concurrency is None
                      else self.quotas.limit("function", name, function.max_concurrency))
+            team = self.config.quotas.get(function.quota) if function.quota else None
             self._targets[name] = Target(
                 name=name,
                 pool=self._pool(name, function),
                 max_concurrency=function.max_concurrency,
                 limit=limit,
+                limits=() if team is None or function.quota is None else (
+                    self.quotas.limit("team", function.quota, team.max_concurrency),),
                 headers=function.headers,
                 overflow_url=function.overflow.url if function.overflow else None,
                 overflow_after=function.overflow.after if function.overflow else 0.25,

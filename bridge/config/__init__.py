@@ -34,7 +34,12 @@ from bridge.config.fields import (
     Timeout,
     secrets_of,
 )
-from bridge.config.functions import FunctionConfig, KubernetesTarget, OverflowConfig
+from bridge.config.functions import (
+    FunctionConfig,
+    KubernetesTarget,
+    OverflowConfig,
+    QuotaConfig,
+)
 from bridge.config.loading import (
     load_config,
     parse_config,
@@ -42,7 +47,7 @@ from bridge.config.loading import (
     validate_trigger,
 )
 from bridge.config.problems import ConfigError, ConfigProblem, join_path, problems_from
-from bridge.config.references import trigger_problems
+from bridge.config.references import trigger_problems, unused_quotas
 from bridge.config.sinks import (
     DeadLetterConfig,
     FileSinkConfig,
@@ -90,6 +95,7 @@ __all__ = [
     "KubernetesTarget",
     "Name",
     "OverflowConfig",
+    "QuotaConfig",
     "RabbitDeclare",
     "RabbitSinkConfig",
     "RabbitSource",
@@ -108,6 +114,7 @@ __all__ = [
     "problems_from",
     "secrets_of",
     "trigger_problems",
+    "unused_quotas",
     "validate_tree",
     "validate_trigger",
 ]

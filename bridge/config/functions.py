@@ -17,6 +17,7 @@ from bridge.config.fields import (
     Duration,
     FieldError,
     HttpUrl,
+    Name,
     Strict,
     Timeout,
     checked,
@@ -78,12 +79,22 @@ class OverflowConfig(Strict):
     after: Duration = 0.25
 
 
+class QuotaConfig(Strict):
+    """A team quota: in-flight invocations of all the functions that join it."""
+
+    max_concurrency: int = Field(ge=1)
+
+
 class FunctionConfig(Strict):
     url: HttpUrl | None = None
     urls: list[HttpUrl] | None = Field(None, min_length=1)
     kubernetes: KubernetesTarget | None = None
-    #: In-flight invocations of this function across all triggers (the quota).
+    #: In-flight invocations of this function across all triggers (the quota; across
+    #: all replicas with BRIDGE_CLUSTER_QUOTAS).
     max_concurrency: int | None = Field(None, ge=1)
+    #: A team quota of the ``quotas:`` section this function counts against, on top of
+    #: its own ``max_concurrency``.
+    quota: Name | None = None
     timeout: Timeout | None = None
     overflow: OverflowConfig | None = None
     #: Static headers added to every request (e.g. an auth token from ``${ENV}``).

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from bridge.config.functions import FunctionConfig
 from bridge.config.problems import ConfigError, ConfigProblem, join_path, problems_from
-from bridge.config.references import cross_references, trigger_problems
+from bridge.config.references import cross_references, quota_problems, trigger_problems
 from bridge.config.triggers import BridgeConfig, TriggerConfig
 
 
@@ -88,10 +88,12 @@ def validate_trigger(
     except ValidationError as err:
         raise ConfigError(list(problems_from(err, prefix=path, root=TriggerConfig))) from None
     composed = BridgeConfig.model_construct(
-        defaults=base.defaults, functions={**base.functions, **(functions or {})},
-        triggers=[trigger],
+        defaults=base.defaults, quotas=base.quotas,
+        functions={**base.functions, **(functions or {})}, triggers=[trigger],
     )
     problems = list(trigger_problems(composed, trigger, path))
+    for function in (functions or {}).values():  # an inline function's team quota
+        problems += quota_problems(composed, function.quota, f"{path}.function.quota")
     if problems:
         raise ConfigError(problems)
     return trigger

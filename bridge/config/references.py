@@ -9,8 +9,9 @@ at, and an inherited sink says which trigger inherits it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+from bridge.config.functions import FunctionConfig
 from bridge.config.problems import ConfigProblem
 from bridge.config.sinks import SinkConfig
 from bridge.config.sources import kafka_security_problem
@@ -18,7 +19,10 @@ from bridge.config.triggers import BridgeConfig, TriggerConfig
 
 
 def cross_references(config: BridgeConfig) -> Iterator[ConfigProblem]:
-    """Unique trigger names, and :func:`trigger_problems` for every trigger."""
+    """Unique trigger names, :func:`trigger_problems` for every trigger, and every
+    function's team quota exists."""
+    for name, function in config.functions.items():
+        yield from quota_problems(config, function.quota, f"functions.{name}.quota")
     seen: dict[str, int] = {}
     for index, trigger in enumerate(config.triggers):
         if trigger.name in seen:
@@ -28,6 +32,19 @@ def cross_references(config: BridgeConfig) -> Iterator[ConfigProblem]:
             )
         seen.setdefault(trigger.name, index)
         yield from trigger_problems(config, trigger, f"triggers[{index}]")
+
+
+def quota_problems(config: BridgeConfig, quota: str | None, path: str) -> Iterator[ConfigProblem]:
+    """A function's ``quota`` must name one of the ``quotas:`` section."""
+    if quota is not None and quota not in config.quotas:
+        known = ", ".join(sorted(config.quotas)) or "none defined"
+        yield ConfigProblem(path, f"unknown quota {quota!r} (known: {known})")
+
+
+def unused_quotas(config: BridgeConfig, extra: Iterable[FunctionConfig] = ()) -> list[str]:
+    """Team quotas no function joins (not an error: logged by the runtime)."""
+    used = {f.quota for f in (*config.functions.values(), *extra)}
+    return sorted(set(config.quotas) - used)
 
 
 def trigger_problems(

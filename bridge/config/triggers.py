@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from bridge.config.fields import Duration, Name, Strict, Timeout, require_exactly_one
-from bridge.config.functions import FunctionConfig
+from bridge.config.functions import FunctionConfig, QuotaConfig
 from bridge.config.sinks import DeadLetterConfig
 from bridge.config.sources import CronSource, KafkaSource, RabbitSource
 from bridge.outcome import DEFAULT_RETRYABLE_STATUSES
@@ -86,6 +86,8 @@ class TriggerConfig(Strict):
 
 class BridgeConfig(Strict):
     defaults: Defaults = Defaults()
+    #: Team quotas (name -> max_concurrency) that functions join with ``quota: NAME``.
+    quotas: dict[Name, QuotaConfig] = Field(default_factory=dict)
     functions: dict[str, FunctionConfig] = Field(default_factory=dict)
     triggers: list[TriggerConfig] = Field(default_factory=list)
 

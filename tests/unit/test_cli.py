@@ -261,3 +261,16 @@ def test_as_a_process_user_errors_have_no_traceback(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=60, check=True,
     )
     assert done.stdout == "2027-01-01T00:00:00+00:00\n"
+
+
+def test_run_with_a_function_joining_an_unknown_quota_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(GOOD.replace('url: "http://127.0.0.1:8080/"',
+                                   'url: "http://127.0.0.1:8080/", quota: payments')
+                      + "quotas: {reports: {max_concurrency: 4}}\n")
+    code, out, err = run(["run", "--config", str(config)], capsys)
+    assert code == 2
+    assert out == []
+    assert err == ["functions.f.quota: unknown quota 'payments' (known: reports)"]

@@ -74,6 +74,9 @@ def test_inline_function_gets_the_trigger_namespace() -> None:
         ({"function": "report", "cron": {"schedule": "@daily"}, "bogus": 1}, "spec.bogus: "),
         ({"function": "report", "name": "x", "cron": {"schedule": "@daily"}}, "spec.name: "),
         ("not a mapping", "spec: must be a mapping"),
+        ({"function": {"url": "http://x.example/", "quota": "team-x"},
+          "cron": {"schedule": "@daily"}},
+         "spec.function.quota: unknown quota 'team-x' (known: none defined)"),
     ],
 )
 def test_invalid_specs_name_the_path(spec: Any, expected: str) -> None:
