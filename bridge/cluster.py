@@ -70,6 +70,10 @@ class Cluster(Protocol):
     def on_change(self, callback: Callable[[Members], None]) -> None:
         """Call ``callback(members)`` whenever the view changes."""
 
+    def gone(self, identity: str) -> bool:
+        """True when ``identity``'s membership was seen to expire (and it has not come
+        back): that replica is dead or cut off, and has stopped acting as a member."""
+
     async def run(self) -> None:
         """Renew our membership and read the others' until cancelled."""
 

@@ -116,7 +116,26 @@ class Daemon:
             )
             probes["cluster"] = lambda: members.ready
             self.cluster = members
-        if settings.leader_election:
+        if settings.cron_shards:
+            from bridge.kube.shards import ShardedLeadership
+
+            cluster = self.cluster
+            assert cluster is not None
+
+            def shard_lease(name: str) -> LeaseLeadership:
+                return LeaseLeadership(
+                    client, name, identity, self.log,
+                    lease_duration=settings.lease_duration,
+                    renew_deadline=settings.lease_renew_deadline,
+                    retry_period=settings.lease_retry_period, metrics=self.metrics,
+                    holder_gone=cluster.gone,
+                )
+
+            sharded = ShardedLeadership.build(settings.cron_shards, shard_lease,
+                                              settings.lease_name, cluster, self.log)
+            probes["lease"] = lambda: all(shard.ready for shard in sharded.shards)
+            leadership = sharded
+        elif settings.leader_election:
             lease = LeaseLeadership(
                 client, settings.lease_name, identity, self.log,
                 lease_duration=settings.lease_duration,

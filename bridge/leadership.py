@@ -1,8 +1,11 @@
 """Who may fire cron ticks. Without Kubernetes every process leads.
 
 Queue triggers run on every replica; cron ticks must fire once, so the cron connector
-asks a :class:`Leadership` before it fires. The Kubernetes Lease implementation lives
-in ``bridge.kube``; this module holds the contract and the single-process default.
+asks a :class:`Leadership` before it fires: the one :meth:`Leadership.for_trigger`
+gives for its trigger (its ``context.leadership``). One Lease decides for all
+triggers, or (cron shards) each trigger's shard Lease decides for it. The Kubernetes
+Lease implementation lives in ``bridge.kube``; this module holds the contract and the
+single-process default.
 
 Lifecycle, driven by the runtime: ``run()`` under its supervisor (task ``leadership``)
 from when the triggers are started; ``stop_leading()`` when a stop begins (intake
@@ -40,6 +43,10 @@ class Leadership(Protocol):
     def on_change(self, callback: Callable[[bool], None]) -> None:
         """Call ``callback(is_leader)`` whenever leadership is gained or lost."""
 
+    def for_trigger(self, name: str) -> Leadership:
+        """The leadership that decides for trigger ``name``: this one, or (cron shards)
+        the Lease of the trigger's shard. Connectors get it as ``context.leadership``."""
+
     async def wait_leader(self) -> None: ...
 
     async def run(self) -> None:
@@ -67,6 +74,9 @@ class AlwaysLeader:
 
     def on_change(self, callback: Callable[[bool], None]) -> None:
         """Leadership changes only at the stop, when nothing listens any more."""
+
+    def for_trigger(self, name: str) -> AlwaysLeader:
+        return self
 
     async def wait_leader(self) -> None:
         await asyncio.sleep(0)

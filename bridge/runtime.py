@@ -37,6 +37,7 @@ or a removed sink leaves no connection behind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -396,7 +397,7 @@ class Runtime:
     async def _build(self, trigger: ResolvedTrigger) -> RunningTrigger:
         """The trigger's connector, sink and dispatcher; raises if its settings are refused."""
         assert self._invoker is not None, "start() first"
-        connector = connector_factory(trigger.config.kind)(trigger, self.context)
+        connector = connector_factory(trigger.config.kind)(trigger, self._context_of(trigger))
         dead_letter = trigger.dead_letter
         assert dead_letter is not None, "validated: every trigger has a dead-letter sink"
         sink_id, sink = await self._sink(dead_letter.primary(), trigger)
@@ -417,6 +418,14 @@ class Runtime:
             max_unsettled=connector.max_unsettled,
         )
         return RunningTrigger(trigger, connector, dispatcher, sinks=sinks)
+
+    def _context_of(self, trigger: ResolvedTrigger) -> ConnectorContext:
+        """The connectors' context with the trigger's own leadership (its cron shard's
+        Lease when cron is sharded; the same object otherwise)."""
+        leadership = self.leadership.for_trigger(trigger.name)
+        if leadership is self.leadership:
+            return self.context
+        return dataclasses.replace(self.context, leadership=leadership)
 
     def _launch(self, running: RunningTrigger) -> None:
         connector, trigger = running.connector, running.trigger

@@ -47,6 +47,7 @@ fired between its last renewal and its death.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -118,7 +119,11 @@ class LeaseLeadership:
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
         metrics: Metrics | None = None,
+        holder_gone: Callable[[str], bool] | None = None,
     ) -> None:
+        """``holder_gone(identity)``: True when that holder is known to have stopped
+        firing (cron shards: its member Lease was seen to expire), so an unexpired
+        record of it need not be waited out."""
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("lease timings need retry_period < renew_deadline < lease_duration")
         self._kube = kube
@@ -146,6 +151,12 @@ class LeaseLeadership:
         #: When this replica stopped firing (stop_leading): the released renewTime.
         self._fired_until: datetime | None = None
         self._ready = True
+        #: False while this Lease is assigned to another replica (a cron shard): we do
+        #: not take it, and hand it back if we hold it (see :meth:`set_wanted`).
+        self._wanted = True
+        self._handing_back = False
+        self._wake = asyncio.Event()
+        self._holder_gone = holder_gone
         self._set_gauge()
 
     # --- the Leadership contract --------------------------------------------------------
@@ -165,6 +176,29 @@ class LeaseLeadership:
 
     def on_change(self, callback: Callable[[bool], None]) -> None:
         self._callbacks.append(callback)
+
+    def for_trigger(self, name: str) -> LeaseLeadership:
+        """One Lease decides for every trigger."""
+        return self
+
+    def set_wanted(self, wanted: bool) -> None:
+        """Whether this replica should hold the Lease (a cron shard assigned to it).
+
+        Not wanted: never taken; if held, handed back in two rounds as at a graceful
+        stop: first no tick fires any more (the Lease is still renewed, so a tick the
+        clock was late for is noted as unfired), then the Lease is released with
+        ``renewTime`` = the moment we stopped firing, and the next holder fires the
+        ticks after it. Firing stops at once; being wanted starts a round at once."""
+        if wanted == self._wanted:
+            return
+        self._wanted = wanted
+        if wanted:
+            if not self._stopping:
+                self._fired_until = None
+            self._wake.set()
+        elif self._leading:
+            self._fired_until = datetime.now(UTC)
+            self._set_leading(False, "shard assigned to another replica; handing it back")
 
     async def wait_leader(self) -> None:
         await self._became_leader.wait()
@@ -215,15 +249,37 @@ class LeaseLeadership:
         """Acquire or renew every retry period until cancelled; never raises otherwise."""
         while True:
             started = time.monotonic()
+            self._wake.clear()
             try:
                 async with asyncio.timeout(self._round_budget(started)):
-                    sent = await self._try_acquire_or_renew()
+                    sent = await self._round()
                 self._ready = True
                 if sent is not None:
                     self._renewed(sent)
             except Exception as err:
                 self._failed(err, "renew" if self._held else "acquire")
-            await asyncio.sleep(self._retry)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._retry):
+                    await self._wake.wait()
+
+    async def _round(self) -> float | None:
+        """Acquire or renew; or, while not wanted, hand the Lease back: the first round
+        after firing stopped (in :meth:`set_wanted`) still renews it, so a tick the clock
+        was late for is noted as unfired; the next one releases it."""
+        if self._wanted or self._stopping:
+            self._handing_back = False
+            return await self._try_acquire_or_renew()
+        if not self._held:
+            return None
+        if not self._handing_back:
+            self._handing_back = True
+            return await self._try_acquire_or_renew()
+        self._held = self._handing_back = False
+        self._disarm()
+        await self._release()
+        self._fired_until = None
+        self._set_gauge()
+        return None
 
     def _round_budget(self, started: float) -> float:
         """Seconds a round may take: it ends before the renew deadline of the last
@@ -240,7 +296,7 @@ class LeaseLeadership:
         self._watchdog = asyncio.get_running_loop().call_later(
             max(0.0, sent + self._renew_deadline - time.monotonic()), self._deadline_passed
         )
-        if not self._leading and not self._stopping:
+        if not self._leading and not self._stopping and self._wanted:
             self._set_leading(True, "lease acquired")
 
     def _deadline_passed(self) -> None:
@@ -306,14 +362,17 @@ class LeaseLeadership:
         except KubeError as err:
             if err.kind != "not_found":
                 raise
-            return None if self._stopping else await self._create(now)
+            wanted = self._wanted and not self._stopping
+            return await self._create(now) if wanted else None
         spec = lease_spec(lease)
         holder = spec.get("holderIdentity") or None
         self._observe(spec)
-        if holder != self.identity and self._stopping:
-            return None  # never take a Lease while stopping
+        if holder != self.identity and (self._stopping or not self._wanted):
+            return None  # never take a Lease while stopping or assigned elsewhere
         duration = float(spec.get("leaseDurationSeconds") or self._duration)
-        if holder not in (None, self.identity) and time.monotonic() < self._observed_at + duration:
+        if (holder not in (None, self.identity)
+                and time.monotonic() < self._observed_at + duration
+                and not (self._holder_gone is not None and self._holder_gone(holder))):
             return None
         previous_renew = parse_time(spec.get("renewTime"))
         if holder != self.identity:

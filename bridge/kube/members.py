@@ -13,10 +13,11 @@ a replica that is not ready (one broken trigger) still invokes functions. A Leas
 says exactly "this process is alive and counting itself in", expires after one lease
 duration wherever the process died, and uses the timings the cron Lease already has.
 
-Our own membership is *current* while our last renewal was sent less than
-``renew_deadline`` ago (a timer flips the view the moment it passes, whatever the API
-call is doing), and *settled* (we take quota shares) once it has been current for one
-``lease_duration``: by then every live replica has listed us and shrunk its share.
+Our own membership is *current* while the last round that renewed our Lease *and*
+listed the others began less than ``renew_deadline`` ago (a timer flips the view the
+moment it passes, whatever the API call is doing), and *settled* (we take quota
+shares) once it has been current for one ``lease_duration``: by then every live
+replica has listed us and shrunk its share.
 A graceful stop deletes our Lease after the drain (:meth:`close`), so the others
 grow their shares at once; a killed replica's Lease expires after one lease duration.
 A member Lease expired for two lease durations is deleted by whoever sees it.
@@ -88,6 +89,8 @@ class MemberLeases:
         #: identity -> ((holder, renewTime, duration), first seen with that record).
         self._observed: dict[str, tuple[tuple[Any, ...], float]] = {}
         self._others: dict[str, int] = {}
+        #: Members whose Lease we saw expire (or deleted after expiring), until they renew.
+        self._expired: set[str] = set()
         self._watchdog: asyncio.TimerHandle | None = None
         self._ready = True
 
@@ -99,6 +102,11 @@ class MemberLeases:
 
     def on_change(self, callback: Callable[[Members], None]) -> None:
         self._callbacks.append(callback)
+
+    def gone(self, identity: str) -> bool:
+        """Seen to expire: its record did not change for its lease duration on our
+        clock, so (renew deadline < lease duration) it stopped acting as a member."""
+        return identity in self._expired
 
     @property
     def ready(self) -> bool:
@@ -141,12 +149,14 @@ class MemberLeases:
     # --- one round ------------------------------------------------------------------
 
     async def _round(self) -> None:
+        """Renew, then list: our view counts as current only when both succeeded (a
+        replica that can renew but not list would act on a stale view)."""
         sent = await self._renew()
-        self._renewed(sent)
         listed = await self._kube.call(
             "list", LEASES, CoordinationV1Api.list_namespaced_lease,
             namespace=self.namespace, label_selector=f"{GROUP_LABEL}={self.group}",
         )
+        self._renewed(sent)
         await self._observe(listed.get("items") or [])
 
     async def _renew(self) -> float:
@@ -235,10 +245,13 @@ class MemberLeases:
             previous = self._observed.get(holder)
             if previous is None or previous[0] != record:
                 self._observed[holder] = previous = (record, now)
+                self._expired.discard(holder)
             duration = float(spec.get("leaseDurationSeconds") or self._duration)
             if now < previous[1] + duration:
                 others[holder] = _shard_count(item)
-            elif now > previous[1] + 2 * duration:
+                continue
+            self._expired.add(holder)
+            if now > previous[1] + 2 * duration:
                 stale.append((holder, name))
         for holder in set(self._observed) - seen:
             del self._observed[holder]

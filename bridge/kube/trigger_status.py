@@ -4,7 +4,10 @@
 :class:`~bridge.kube.triggers.TriggerState`, its ``status`` (the ``Ready`` condition and
 ``observedGeneration``, a JSON merge patch of the status subresource) and an Event;
 and, when no change waits, the ``lastScheduleTime`` of cron Triggers whose last fired
-tick moved. Only the leader writes (a new leader rewrites them all); a write the API
+tick moved. Only the replica that leads for the Trigger writes its status
+(``leadership.for_trigger(name)``: the cron Lease, or with cron shards the holder of
+the Trigger's shard, which is also the replica firing its ticks and so the one that
+knows its ``lastScheduleTime``); a new leader rewrites them all; a write the API
 refused is tried again after ``interval``.
 """
 
@@ -100,7 +103,7 @@ class TriggerStatusWriter:
 
     async def _report(self, name: str) -> None:
         current = self._states.current(name)
-        if current is None or not self._leadership.is_leader:
+        if current is None or not self._leadership.for_trigger(name).is_leader:
             return
         obj, state = current
         if self._reported.get(name) == state.key:
@@ -144,9 +147,9 @@ class TriggerStatusWriter:
 
     async def _report_schedules(self) -> None:
         """Write ``lastScheduleTime`` of cron Triggers whose last fired tick changed."""
-        if not self._leadership.is_leader:
-            return
         for name in self._states.names():
+            if not self._leadership.for_trigger(name).is_leader:
+                continue
             current = self._states.current(name)
             last = self._last_schedule_time(name)
             if current is None or not current[1].ok or last is None:

@@ -56,6 +56,9 @@ class FakeCluster:
         for callback in self.callbacks:
             callback(members)
 
+    def gone(self, identity: str) -> bool:
+        return False
+
     async def run(self) -> None:
         """Nothing to renew."""
 
