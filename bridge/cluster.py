@@ -1,13 +1,13 @@
 """Several replicas as one: who the live replicas are, and each one's share of a quota.
 
-A :class:`Cluster` (the Kubernetes one is :mod:`bridge.kube.members`: one member
-Lease per replica) tells each replica the :class:`Members` it sees. From that view
+A :class:`Cluster` (the Kubernetes one is :mod:`bridge.kube.members`: an entry per
+replica on one Lease) tells each replica the :class:`Members` it sees. From that view
 every replica computes, on its own and without talking to the others, its
 :func:`share` of every cluster-wide total (a function's ``max_concurrency``, a team
 quota): the shares of one view add up to the total exactly, and every replica that
 sees the same members computes the same split.
 
-A replica takes a share only once it is *settled*: its own member Lease is current
+A replica takes a share only once it is *settled*: its own member entry is current
 (renewed within the renew deadline) and it has been a member for one lease duration,
 so every other live replica has seen it and shrunk its own share before this one
 grows. A replica that is not settled has share 0: its invocations wait or overflow

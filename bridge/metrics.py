@@ -313,7 +313,7 @@ class Metrics:
         )
         self.cluster_members = Gauge(
             "bridge_cluster_members",
-            "Live replicas this one sees through their member Leases (itself included once "
+            "Live replicas this one sees through the members Lease (itself included once "
             "its own is current).", registry=r,
         )
         self.quota_share = Gauge(

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     lease_renew_deadline: Annotated[float, BeforeValidator(parse_duration)] = 10.0
     lease_retry_period: Annotated[float, BeforeValidator(parse_duration)] = 2.0
     #: Enforce every function's ``max_concurrency`` and team quota across replicas: each
-    #: replica keeps a member Lease and enforces its share (docs/kubernetes.md).
+    #: replica keeps an entry on the members Lease and enforces its share (docs/kubernetes.md).
     cluster_quotas: bool = False
     #: Spread cron triggers over replicas through this many shard Leases (0: one cron
     #: leader for all, BRIDGE_LEADER_ELECTION). Every replica must use the same count.

@@ -122,7 +122,7 @@ class LeaseLeadership:
         holder_gone: Callable[[str], bool] | None = None,
     ) -> None:
         """``holder_gone(identity)``: True when that holder is known to have stopped
-        firing (cron shards: its member Lease was seen to expire), so an unexpired
+        firing (cron shards: its member entry was seen to expire), so an unexpired
         record of it need not be waited out."""
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("lease timings need retry_period < renew_deadline < lease_duration")

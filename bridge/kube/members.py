@@ -1,31 +1,36 @@
-"""Cluster membership over one ``coordination.k8s.io/v1`` Lease per replica.
+"""Cluster membership: every replica's entry in one ``coordination.k8s.io/v1`` Lease.
 
-Each replica writes its own *member Lease*, ``<BRIDGE_LEASE_NAME>-member-<identity>``,
-labelled ``triggerbridge.dev/member-of=<BRIDGE_LEASE_NAME>``, and renews it every
-``retry_period``; in the same round it lists the member Leases of its group. A
-replica is live while its record (holder, renewTime) changed within its
+The Lease ``<BRIDGE_LEASE_NAME>-members`` is only a container: each replica keeps its
+own annotation on it, ``member.triggerbridge.dev/<identity>`` = ``{"holderIdentity",
+"renewTime", "leaseDurationSeconds", "shards"}`` (JSON), written every
+``retry_period`` with a JSON merge patch of that one key -- patches of different keys
+never conflict, and the answer is the whole Lease, so one call per round both renews
+our entry and reads everyone's. A replica is live while its entry changed within its
 ``leaseDurationSeconds`` -- timed on *our* monotonic clock from when we saw it change,
 as :mod:`bridge.kube.lease` does, so clock skew between nodes does not matter.
 
-Why Leases and not the bridge Service's EndpointSlices: an EndpointSlice lists pods
-by readiness and a crashed node's pods stay in it until the node is evicted (minutes);
-a replica that is not ready (one broken trigger) still invokes functions. A Lease
-says exactly "this process is alive and counting itself in", expires after one lease
-duration wherever the process died, and uses the timings the cron Lease already has.
+Why one Lease with a known name: RBAC can then name it (``resourceNames``) and the
+bridge needs no ``list`` or ``delete`` on Leases; a Lease per pod would be named after
+the pod, which no Role can name in advance. Why a Lease and not the bridge Service's
+EndpointSlices: a slice lists pods by readiness and a crashed node's pods stay in it
+until the node is evicted (minutes); a replica that is not ready (one broken trigger)
+still invokes functions. An entry says exactly "this process is alive and counts
+itself in", expires one lease duration after its process died wherever it died, and
+uses the timings the cron Lease already has.
 
-Our own membership is *current* while the last round that renewed our Lease *and*
-listed the others began less than ``renew_deadline`` ago (a timer flips the view the
-moment it passes, whatever the API call is doing), and *settled* (we take quota
-shares) once it has been current for one ``lease_duration``: by then every live
-replica has listed us and shrunk its share.
-A graceful stop deletes our Lease after the drain (:meth:`close`), so the others
-grow their shares at once; a killed replica's Lease expires after one lease duration.
-A member Lease expired for two lease durations is deleted by whoever sees it.
+Our own membership is *current* while our last successful round began less than
+``renew_deadline`` ago (a timer flips the view the moment it passes, whatever the API
+call is doing), and *settled* (we take quota shares) once it has been current for one
+``lease_duration``: by then every live replica has seen us and shrunk its share. A
+graceful stop removes our entry after the drain (:meth:`close`), so the others grow
+their shares at once; a killed replica's entry expires after one lease duration and is
+removed, two lease durations after it expired, by whoever sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Callable
@@ -38,18 +43,22 @@ from bridge.cluster import Members
 from bridge.errors import describe
 from bridge.kube.client import LEASES, KubeClient, KubeConfigError
 from bridge.kube.errors import KubeError, log_api_error
-from bridge.kube.lease import lease_spec, micro_time
+from bridge.kube.lease import micro_time
 from bridge.logs import Logger
 from bridge.metrics import Metrics
 
-GROUP_LABEL = "triggerbridge.dev/member-of"
-SHARDS_ANNOTATION = "triggerbridge.dev/cron-shards"
+MEMBER_PREFIX = "member.triggerbridge.dev/"
+MERGE_PATCH = "application/merge-patch+json"
 
 
-def member_lease_name(group: str, identity: str) -> str:
-    """A valid object name for ``identity``'s member Lease (DNS subdomain)."""
-    cleaned = re.sub(r"[^a-z0-9.-]+", "-", identity.lower()).strip("-.") or "replica"
-    return f"{group}-member-{cleaned}"[:253].rstrip("-.")
+def member_key(identity: str) -> str:
+    """The annotation key of ``identity``'s entry (a valid qualified name)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", identity)[:63].strip("-._") or "replica"
+    return MEMBER_PREFIX + cleaned
+
+
+def members_lease_name(group: str) -> str:
+    return f"{group}-members"
 
 
 class MemberLeases:
@@ -72,7 +81,8 @@ class MemberLeases:
         self._kube = kube
         self.group = group
         self.identity = identity
-        self.name = member_lease_name(group, identity)
+        self.name = members_lease_name(group)
+        self.key = member_key(identity)
         self._namespace = namespace
         self._duration = lease_duration
         self._renew_deadline = renew_deadline
@@ -82,14 +92,13 @@ class MemberLeases:
         self._metrics = metrics
         self._members = Members(identity)
         self._callbacks: list[Callable[[Members], None]] = []
-        self._own: dict[str, Any] | None = None
-        #: Monotonic time our last successful write was sent; when we joined.
+        #: Monotonic time our last successful round was sent; when we joined.
         self._renewed_at: float | None = None
         self._joined_at: float | None = None
-        #: identity -> ((holder, renewTime, duration), first seen with that record).
+        #: identity -> ((renewTime, duration), first seen with that record).
         self._observed: dict[str, tuple[tuple[Any, ...], float]] = {}
         self._others: dict[str, int] = {}
-        #: Members whose Lease we saw expire (or deleted after expiring), until they renew.
+        #: Members whose entry we saw expire (or removed after expiring), until they renew.
         self._expired: set[str] = set()
         self._watchdog: asyncio.TimerHandle | None = None
         self._ready = True
@@ -104,7 +113,7 @@ class MemberLeases:
         self._callbacks.append(callback)
 
     def gone(self, identity: str) -> bool:
-        """Seen to expire: its record did not change for its lease duration on our
+        """Seen to expire: its entry did not change for its lease duration on our
         clock, so (renew deadline < lease duration) it stopped acting as a member."""
         return identity in self._expired
 
@@ -118,7 +127,7 @@ class MemberLeases:
         return self._namespace or self._kube.namespace
 
     async def run(self) -> None:
-        """Renew our Lease and list the others' every retry period, until cancelled."""
+        """Renew our entry and read the others' every retry period, until cancelled."""
         while True:
             try:
                 async with asyncio.timeout(self._renew_deadline - self._retry / 2):
@@ -130,16 +139,14 @@ class MemberLeases:
             await asyncio.sleep(self._retry)
 
     async def close(self) -> None:
-        """Leave: delete our member Lease (bounded by the renew deadline)."""
+        """Leave: remove our entry (bounded by the renew deadline)."""
         self._disarm()
         self._renewed_at = self._joined_at = None
         self._update()
         try:
             async with asyncio.timeout(self._renew_deadline):
-                await self._kube.call("delete", LEASES,
-                                      CoordinationV1Api.delete_namespaced_lease,
-                                      name=self.name, namespace=self.namespace)
-            self._log.info("left the cluster: member lease deleted")
+                await self._patch({self.key: None})
+            self._log.info("left the cluster: member entry removed")
         except KubeError as err:
             if err.kind != "not_found":
                 self._failed(err)
@@ -149,79 +156,61 @@ class MemberLeases:
     # --- one round ------------------------------------------------------------------
 
     async def _round(self) -> None:
-        """Renew, then list: our view counts as current only when both succeeded (a
-        replica that can renew but not list would act on a stale view)."""
-        sent = await self._renew()
-        listed = await self._kube.call(
-            "list", LEASES, CoordinationV1Api.list_namespaced_lease,
-            namespace=self.namespace, label_selector=f"{GROUP_LABEL}={self.group}",
-        )
-        self._renewed(sent)
-        await self._observe(listed.get("items") or [])
-
-    async def _renew(self) -> float:
-        """Write our Lease (create it on first use or when it was deleted); the monotonic
-        time the successful write was sent."""
-        now = micro_time(datetime.now(UTC))
-        if self._own is None:
-            try:
-                self._own = await self._kube.call(
-                    "get", LEASES, CoordinationV1Api.read_namespaced_lease,
-                    name=self.name, namespace=self.namespace)
-            except KubeError as err:
-                if err.kind != "not_found":
-                    raise
-                return await self._create(now)
-        lease = self._own
-        spec = lease_spec(lease)
-        spec.update(holderIdentity=self.identity, renewTime=now,
-                    leaseDurationSeconds=max(1, round(self._duration)))
-        lease["spec"] = spec
-        lease.setdefault("metadata", {}).setdefault("annotations", {})[SHARDS_ANNOTATION] = (
-            str(self._shards))
+        """Write our entry; the answer (the whole Lease) holds everyone's."""
+        entry = json.dumps({
+            "holderIdentity": self.identity, "renewTime": micro_time(datetime.now(UTC)),
+            "leaseDurationSeconds": max(1, round(self._duration)), "shards": self._shards,
+        }, separators=(",", ":"))
         sent = time.monotonic()
         try:
-            self._own = await self._kube.call(
-                "update", LEASES, CoordinationV1Api.replace_namespaced_lease,
-                name=self.name, namespace=self.namespace, body=lease)
+            lease = await self._patch({self.key: entry})
         except KubeError as err:
-            self._own = None  # read it again next round (409: written elsewhere; 404: gone)
-            if err.kind == "not_found":
-                return await self._create(now)
-            raise
-        return sent
+            if err.kind != "not_found":
+                raise
+            lease = await self._create({self.key: entry})
+        self._renewed(sent)
+        await self._observe(lease)
 
-    async def _create(self, now: str) -> float:
+    async def _patch(self, annotations: dict[str, str | None]) -> dict[str, Any]:
+        return await self._kube.call(
+            "patch", LEASES, CoordinationV1Api.patch_namespaced_lease,
+            name=self.name, namespace=self.namespace,
+            body={"metadata": {"annotations": annotations}}, _content_type=MERGE_PATCH)
+
+    async def _create(self, annotations: dict[str, str]) -> dict[str, Any]:
         body = {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": self.name, "namespace": self.namespace,
-                         "labels": {GROUP_LABEL: self.group},
-                         "annotations": {SHARDS_ANNOTATION: str(self._shards)}},
-            "spec": {"holderIdentity": self.identity, "renewTime": now, "acquireTime": now,
-                     "leaseDurationSeconds": max(1, round(self._duration))},
+                         "annotations": annotations},
+            "spec": {},
         }
-        sent = time.monotonic()
-        self._own = await self._kube.call("create", LEASES,
-                                          CoordinationV1Api.create_namespaced_lease,
-                                          namespace=self.namespace, body=body)
-        self._log.info("joined the cluster: member lease created")
-        return sent
+        try:
+            created = await self._kube.call("create", LEASES,
+                                            CoordinationV1Api.create_namespaced_lease,
+                                            namespace=self.namespace, body=body)
+        except KubeError as err:
+            if err.kind != "conflict":
+                raise
+            return await self._patch(dict(annotations))  # another replica created it first
+        self._log.info("created the members lease")
+        return created
 
     def _renewed(self, sent: float) -> None:
         self._renewed_at = sent
         if self._joined_at is None:
             self._joined_at = sent
+            self._log.info("joined the cluster")
         self._disarm()
         self._watchdog = asyncio.get_running_loop().call_later(
             max(0.0, sent + self._renew_deadline - time.monotonic()), self._deadline_passed)
 
     def _deadline_passed(self) -> None:
-        """Our membership was not renewed within the renew deadline: share nothing
-        until we have been a member again for a lease duration."""
+        """Our entry was not renewed within the renew deadline: share nothing and lead
+        no shard until we have been a member again for a lease duration."""
         self._watchdog = None
         self._renewed_at = self._joined_at = None
-        self._log.warning("member lease not renewed within the renew deadline; "
-                          "taking no quota share until it is", renew_deadline=self._renew_deadline)
+        self._log.warning("member entry not renewed within the renew deadline; "
+                          "taking no share until it is", renew_deadline=self._renew_deadline)
         self._update()
 
     def _disarm(self) -> None:
@@ -229,45 +218,41 @@ class MemberLeases:
             self._watchdog.cancel()
             self._watchdog = None
 
-    async def _observe(self, items: list[dict[str, Any]]) -> None:
-        """Record every member Lease's record; the live others and their shard counts;
-        delete those expired for two lease durations."""
+    async def _observe(self, lease: dict[str, Any]) -> None:
+        """Record every entry; the live others and their shard counts; remove those
+        expired for two lease durations."""
         now = time.monotonic()
+        annotations = (lease.get("metadata") or {}).get("annotations") or {}
         seen, others, stale = set(), {}, []
-        for item in items:
-            spec = lease_spec(item)
-            holder = spec.get("holderIdentity")
-            name = (item.get("metadata") or {}).get("name")
-            if not holder or not isinstance(name, str) or holder == self.identity:
+        for key, text in annotations.items():
+            if not key.startswith(MEMBER_PREFIX) or key == self.key:
+                continue
+            entry = _entry(text)
+            holder = entry.get("holderIdentity")
+            if not isinstance(holder, str) or not holder:
                 continue
             seen.add(holder)
-            record = (spec.get("renewTime"), spec.get("leaseDurationSeconds"))
+            record = (entry.get("renewTime"), entry.get("leaseDurationSeconds"))
             previous = self._observed.get(holder)
             if previous is None or previous[0] != record:
                 self._observed[holder] = previous = (record, now)
                 self._expired.discard(holder)
-            duration = float(spec.get("leaseDurationSeconds") or self._duration)
+            duration = _number(entry.get("leaseDurationSeconds"), self._duration)
             if now < previous[1] + duration:
-                others[holder] = _shard_count(item)
+                others[holder] = int(_number(entry.get("shards"), -1))
                 continue
             self._expired.add(holder)
             if now > previous[1] + 2 * duration:
-                stale.append((holder, name))
+                stale.append((holder, key))
         for holder in set(self._observed) - seen:
             del self._observed[holder]
         self._others = others
-        for holder, name in stale:
-            await self._delete_stale(holder, name)
-
-    async def _delete_stale(self, holder: str, name: str) -> None:
-        try:
-            await self._kube.call("delete", LEASES, CoordinationV1Api.delete_namespaced_lease,
-                                  name=name, namespace=self.namespace)
-            self._log.info("deleted an expired member lease", member=holder, member_lease=name)
-        except KubeError as err:
-            if err.kind != "not_found":
-                raise
-        self._observed.pop(holder, None)
+        if stale:
+            await self._patch(dict.fromkeys((key for _, key in stale), None))
+            for holder, _ in stale:
+                self._observed.pop(holder, None)
+            self._log.info("removed expired member entries",
+                           members=[holder for holder, _ in stale])
 
     # --- the view -------------------------------------------------------------------
 
@@ -304,7 +289,7 @@ class MemberLeases:
             self._metrics.lease_failures.labels(lease=self.name, kind=kind).inc()
         if isinstance(err, KubeError):
             self._ready = err.kind != "forbidden"
-            log_api_error(self._log, err, f"member lease {self.name}", self._retry)
+            log_api_error(self._log, err, f"member entry on lease {self.name}", self._retry)
             return
         if isinstance(err, KubeConfigError):
             self._ready = False
@@ -312,9 +297,18 @@ class MemberLeases:
                         retry_in=self._retry, exc_info=kind == "internal")
 
 
-def _shard_count(lease: dict[str, Any]) -> int:
-    annotations = (lease.get("metadata") or {}).get("annotations") or {}
+def _entry(text: object) -> dict[str, Any]:
+    """A member entry; an unreadable one is an empty entry (ignored)."""
     try:
-        return int(annotations.get(SHARDS_ANNOTATION, 0))
-    except (TypeError, ValueError):
-        return -1  # unreadable: disagrees with every replica (no cron fires; logged there)
+        entry = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    return entry if isinstance(entry, dict) else {}
+
+
+def _number(value: object, default: float) -> float:
+    """A JSON number (not a bool), else ``default`` (an unreadable shard count is -1:
+    it disagrees with every replica, so no cron fires; logged by the shards)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return default

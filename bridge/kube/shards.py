@@ -20,7 +20,7 @@ replicas whose views differ for a round never both hold it.
 
 Replicas must agree on ``N``: the shard Leases of different counts have different
 names, so they cannot protect each other. Every member announces its count on its
-member Lease; while the live members' counts differ, no replica wants any shard (each
+member entry; while the live members' counts differ, no replica wants any shard (each
 hands back what it holds) and the disagreement is logged as an error. A replica with a
 new count sees the old ones in its first view (they are already members), so it never
 fires alongside them; the old ones stop within a retry period of seeing it.

@@ -1,5 +1,5 @@
 """Cluster-wide quotas through real daemons (``trigger-bridge run`` subprocesses) that
-know each other through member Leases in the Kubernetes API emulator.
+know each other through the members Lease in the Kubernetes API emulator.
 
 Three replicas each fire the same per-second cron triggers (no cron leader: every
 replica fires every tick, so each alone would want 12 concurrent calls of the
@@ -12,7 +12,7 @@ records its concurrent requests. The bound asserted:
   (ceil(6 / 2) = 3). In practice a joining replica takes no share for one lease
   duration, so this never happens; the test holds the code to the stated bound.
 
-Killing one replica (SIGKILL: its member Lease is left behind) moves its share to the
+Killing one replica (SIGKILL: its member entry is left behind) moves its share to the
 survivors within one lease duration + two retry periods: afterwards they reach the
 whole quota (6) between them, each with a share of 3.
 """

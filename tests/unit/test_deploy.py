@@ -22,6 +22,8 @@ import yaml
 from bridge.config import BridgeConfig, SinkConfig, parse_config
 from bridge.durations import parse_duration
 from bridge.kube.client import TRIGGER_GROUP, TRIGGER_VERSION
+from bridge.kube.members import members_lease_name
+from bridge.kube.shards import shard_lease_name
 from bridge.kube.triggers import validate_trigger
 from bridge.runtime import STOP_GRACE
 from bridge.settings import Settings
@@ -222,20 +224,36 @@ def test_deployment_is_a_well_behaved_workload() -> None:
 
 
 def test_role_grants_exactly_the_verbs_used() -> None:
-    role = find(build(), "Role", "trigger-bridge")
+    objects = build()
+    role = find(objects, "Role", "trigger-bridge")
     granted = {
-        (group, resource): sorted(rule["verbs"])
+        (group, resource, tuple(rule.get("resourceNames") or ())): sorted(rule["verbs"])
         for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
     }
+    # the Leases the deployment's settings use, by name (least privilege)
+    env = deployment_env(objects)
+    lease, shards = env["BRIDGE_LEASE_NAME"], int(env.get("BRIDGE_CRON_SHARDS", "0"))
+    leases = ([members_lease_name(lease)] if shards or env.get("BRIDGE_CLUSTER_QUOTAS") == "true"
+              else [])
+    leases += ([shard_lease_name(lease, shards, i) for i in range(shards)] if shards
+               else [lease])
     assert granted == {
-        ("discovery.k8s.io", "endpointslices"): ["list", "watch"],
-        ("triggerbridge.dev", "triggers"): ["get", "list", "watch"],
-        ("triggerbridge.dev", "triggers/status"): ["patch"],
-        ("coordination.k8s.io", "leases"): ["create", "delete", "get", "list", "update"],
-        ("", "events"): ["create"],
+        ("discovery.k8s.io", "endpointslices", ()): ["list", "watch"],
+        ("triggerbridge.dev", "triggers", ()): ["get", "list", "watch"],
+        ("triggerbridge.dev", "triggers/status", ()): ["patch"],
+        ("coordination.k8s.io", "leases", ()): ["create"],
+        ("coordination.k8s.io", "leases", tuple(leases)): ["get", "patch", "update"],
+        ("", "events", ()): ["create"],
     }
-    binding = find(build(), "RoleBinding", "trigger-bridge")
+    assert not any("*" in str(rule) for rule in role["rules"])
+    binding = find(objects, "RoleBinding", "trigger-bridge")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def deployment_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    deployment = find(objects, "Deployment", "trigger-bridge")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 def test_crd_matches_the_code() -> None:
