@@ -376,11 +376,34 @@ class Function:
 class Contender:
     """A consumer process: the bridge daemon or the raw baseline."""
 
+    #: ``--callgrind DIR``: every contender runs under callgrind, instrumentation off
+    #: until :meth:`count_instructions` switches it on (set once by ``main``).
+    callgrind: Path | None = None
+
     def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        if self.callgrind is not None:
+            self.callgrind.mkdir(parents=True, exist_ok=True)
+            argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                    f"--callgrind-out-file={self.callgrind}/callgrind.%p", *argv]
         self.process = subprocess.Popen(
             argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
+
+    def control(self, *command: str) -> None:
+        subprocess.run(["callgrind_control", *command, str(self.process.pid)],
+                       check=True, capture_output=True)
+
+    def instructions(self) -> int:
+        """Dump the counts since instrumentation was switched on: instructions run."""
+        assert self.callgrind is not None
+        self.control("--dump")
+        dumps = sorted(self.callgrind.glob(f"callgrind.{self.process.pid}.*"),
+                       key=lambda path: path.stat().st_mtime)
+        for line in dumps[-1].read_text().splitlines():
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no totals in {dumps[-1]}")
 
     def cpu(self) -> float:
         """CPU seconds (user + system) used so far, from /proc."""
@@ -535,14 +558,43 @@ async def _drain(
         contender = start_bridge(bridge_config(
             broker.bootstrap, topic, function.url, ordering,
             concurrency=args.concurrency, workdir=workdir))
+    profiler = None
     try:
         first = await function.wait_count(session, 1, args.timeout)
         cpu_at_first = contender.cpu()
+        if contender.callgrind is not None:
+            contender.control("--instr=on")
+            first = await function.stats(session)
+        if args.py_spy:
+            profiler = start_profiler(contender, Path(args.py_spy), name, ordering)
         stats = await function.wait_count(session, args.records, args.timeout)
         steady = (contender.cpu() - cpu_at_first) / max(1, args.records - first["count"])
+        if contender.callgrind is not None:
+            counted = await function.stats(session)
+            instructions = contender.instructions()
+            emit(scenario="throughput", contender=_label(name, ordering), callgrind=True,
+                 records=counted["count"] - first["count"],
+                 instructions_per_record=round(
+                     instructions / max(1, counted["count"] - first["count"])))
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+            profiler.wait(30)
         cpu = contender.stop()
     return args.records / (stats["last"] - stats["first"]), cpu, steady
+
+
+def start_profiler(
+    contender: Contender, folder: Path, name: str, ordering: str
+) -> subprocess.Popen[bytes]:
+    """py-spy (``pip install py-spy``) sampling the contender while records flow: one
+    collapsed-stack file per drain (``--idle``: waiting shows as ``select``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{_label(name, ordering)}-{uuid.uuid4().hex[:6]}.txt"
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+         str(contender.process.pid), "--rate", "250", "--idle", "--format", "raw",
+         "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def ordering(args: argparse.Namespace, broker: Broker, workdir: Path) -> None:
@@ -665,12 +717,21 @@ def main() -> None:
                         help="uncounted drains before the throughput rounds (the first "
                         "contender to read a topic was 10-25%% slower than later ones)")
     parser.add_argument("--only", choices=["throughput", "ordering", "latency"])
+    parser.add_argument("--callgrind", metavar="DIR",
+                        help="run each contender under valgrind's callgrind and print its "
+                        "instructions per record while records flow (robust to a loaded "
+                        "machine; ~50x slower: use a few thousand records)")
+    parser.add_argument("--py-spy", metavar="DIR",
+                        help="profile each throughput drain with py-spy into DIR")
     parser.add_argument(
         "--contenders", type=lambda text: set(text.split(",")),
         default={_label(*c) for c in CONTENDERS},
         help="throughput contenders, comma-separated (default: all): baseline (the batch "
         "loop), pipelined, bridge_none, bridge_key")
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    if args.callgrind:
+        Contender.callgrind = Path(args.callgrind).resolve()
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
