@@ -15,6 +15,7 @@ nobody waits, which is every call below the limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Sequence
 
@@ -74,7 +75,10 @@ class Limit:
                 # Granted in the same instant as cancelled: hand the slot on.
                 self.release()
             else:
-                self._waiters.remove(waiter)
+                # A wake may have passed over it already (cancelled, then a release in
+                # the same instant, before this task ran).
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
                 self._wake()
             raise
 

@@ -127,6 +127,22 @@ async def test_granted_then_cancelled_in_the_same_instant_hands_the_slot_on() ->
     assert limit.in_use == 1
 
 
+async def test_cancelled_then_passed_over_in_the_same_instant_is_a_plain_cancel() -> None:
+    """A wake between the cancel and the task running pops the cancelled waiter: the
+    task still ends cancelled (it raised ValueError, which the dispatcher took for a bug
+    and dead-lettered as internal_error at a drain)."""
+    limit = Limit(1)
+    await limit.acquire()
+    first, second = await holders(limit, 2)
+    first.cancel()  # cancels its waiter now; the task runs later ...
+    limit.release()  # ... after this wake passed over it and granted `second`
+    await settle()
+    assert first.cancelled()
+    assert second.done()
+    assert limit.in_use == 1
+    assert limit.waiting == 0
+
+
 def test_release_more_than_acquired_is_a_bug_not_a_silent_grow() -> None:
     with pytest.raises(RuntimeError, match="more often"):
         Limit(1).release()
