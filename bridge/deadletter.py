@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, SecretStr
 
-from bridge.config import FileSinkConfig, ResolvedTrigger, SinkConfig
+from bridge.config import FileSinkConfig, ReplyConfig, ResolvedTrigger, SinkConfig
 from bridge.events import Event, format_time
 from bridge.outcome import Outcome
 
@@ -118,9 +118,10 @@ class SinkRefused(Exception):
     """
 
 
-def sink_key(config: SinkConfig, trigger: ResolvedTrigger) -> str:
-    """What identifies a sink: a digest of its real settings (secrets revealed) and, for
-    a sink that borrows the trigger's own connection (same kind), the source's.
+def sink_key(config: SinkConfig | ReplyConfig, trigger: ResolvedTrigger) -> str:
+    """What identifies a sink (or a reply's target): a digest of its real settings
+    (secrets revealed) and, for a sink that borrows the trigger's own connection (same
+    kind), the source's.
 
     Two triggers get one sink (one connection) exactly when these are equal: RabbitMQ
     URLs that differ only in host, virtual host or password are different sinks, and a

@@ -10,7 +10,11 @@ It knows nothing about any one source. Which event runs when -- admission
 2. **dead letter**: on a permanent failure or after the last attempt it writes a dead
    letter, retrying the write until it is confirmed (a sink's refusal for good goes to
    ``dead_letter.fallback``, or blocks the event loudly);
-3. **settle**: ``DELIVERED`` after a 2xx, ``DEAD_LETTERED`` after the confirmed write.
+3. **reply** (a trigger with ``reply``, :mod:`bridge.replies`): the 2xx answer is
+   published before the settle; a reply refused for good dead-letters the event
+   (``reply_failed``);
+4. **settle**: ``DELIVERED`` after a 2xx (and its reply), ``DEAD_LETTERED`` after the
+   confirmed write.
    Nothing is settled otherwise: an event still unsettled at shutdown is the source's
    to redeliver.
 
@@ -42,6 +46,7 @@ from bridge.logs import Logger
 from bridge.metrics import Metrics
 from bridge.outcome import Outcome, OutcomeKind
 from bridge.pools import Target
+from bridge.replies import Replier, ReplySink
 from bridge.retry import Backoff, backoff
 
 #: Backoff between failed dead-letter writes: quick at first, then every 30 s.
@@ -65,10 +70,12 @@ class Dispatcher:
         fallback: Sink | None = None,
         ordering: Ordering = "none",
         max_unsettled: int | None = None,
+        replies: ReplySink | None = None,
     ) -> None:
         """``sink`` takes the trigger's dead letters, ``fallback`` (``dead_letter.fallback``)
         those ``sink`` refuses for good; ``max_unsettled`` bounds the events open at once
-        (None: 4 x concurrency, at least 256)."""
+        (None: 4 x concurrency, at least 256); ``replies`` publishes the function's answers
+        (a trigger with ``reply``, :mod:`bridge.replies`)."""
         self.trigger = trigger
         self._target = target
         self._invoker = invoker
@@ -86,6 +93,12 @@ class Dispatcher:
         self._bound_log: Logger | None = None
         #: A line per attempt only at debug level; checked once, not per attempt.
         self._debug = log.is_enabled_for(logging.DEBUG)
+        self._replier = None if replies is None or trigger.reply is None else Replier(
+            replies, name, trigger.reply, stats=self._stats, log=lambda: self._log,
+            pause=self._pause,
+        )
+        #: Bytes of a 2xx answer the invoker keeps (0: none, the answer is dropped unread).
+        self._answer_bytes = 0 if self._replier is None else self._replier.max_size
         self._lanes = Lanes(
             ordering=ordering, concurrency=trigger.concurrency,
             max_unsettled=max_unsettled or max(4 * trigger.concurrency, 256),
@@ -163,7 +176,12 @@ class Dispatcher:
         if result is None:
             await self._settle(event, Disposition.ABANDONED)
         elif result.ok:
-            await self._settle(event, Disposition.DELIVERED)
+            # A reply is published before the settle: a crash between loses none.
+            failed = None if self._replier is None else await self._replier.send(event, result)
+            if failed is None:
+                await self._settle(event, Disposition.DELIVERED)
+            else:
+                await self._dead_letter(event, failed, attempts)
         else:
             await self._dead_letter(event, result, attempts)
 
@@ -197,7 +215,8 @@ class Dispatcher:
         self._stats.in_flight += 1
         try:
             outcome = await self._invoker.invoke(
-                self._target, event, attempt, self.trigger.timeout, self._retryable
+                self._target, event, attempt, self.trigger.timeout, self._retryable,
+                answer_bytes=self._answer_bytes,
             )
         except Exception as err:  # the invoker never raises for a failed attempt: a bug
             self._bug(event, err)

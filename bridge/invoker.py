@@ -12,7 +12,9 @@ Answers are read only as far as they matter: the status, ``Retry-After`` (ASCII
 delta-seconds or an HTTP date; anything else is ignored), the first 512 bytes of a
 refused answer's body as the error detail, and at most ``BODY_BOUND`` (64 KiB) of a
 2xx body, dropped. A longer body is never read: its connection is closed instead of
-reused, so no answer can grow the bridge's memory.
+reused, so no answer can grow the bridge's memory. A trigger with a ``reply`` keeps a
+2xx body up to its ``reply.max_size`` instead (``Outcome.answer``, see
+:mod:`bridge.replies`).
 
 The result is an :class:`~bridge.outcome.Outcome`; this module never raises for a
 failed attempt.
@@ -34,6 +36,7 @@ from bridge.events import Event, format_time
 from bridge.headers import is_header_name, is_reserved
 from bridge.outcome import (
     DEFAULT_RETRYABLE_STATUSES,
+    Answer,
     Outcome,
     OutcomeKind,
     classify_status,
@@ -142,8 +145,15 @@ class Invoker:
         attempt: int,
         timeout: float,
         retryable: Collection[int] = DEFAULT_RETRYABLE_STATUSES,
+        *,
+        answer_bytes: int = 0,
     ) -> Outcome:
-        """One attempt; ``timeout`` bounds the HTTP exchange, not the wait for a slot."""
+        """One attempt; ``timeout`` bounds the HTTP exchange, not the wait for a slot.
+
+        ``answer_bytes`` > 0 (a trigger with a ``reply``): a 2xx answer's body, up to that
+        many bytes, and its ``Content-Type`` and ``ce-*`` headers are kept in
+        ``Outcome.answer``; otherwise the body is dropped unread (see the module docs).
+        """
         try:
             route = await target.acquire()
         except NoEndpoints as err:
@@ -163,9 +173,12 @@ class Invoker:
             ) as response:
                 status = response.status
                 if 200 <= status < 300:
-                    await _skip_body(response.content)
+                    answer = await _read_answer(response, answer_bytes) if answer_bytes else None
+                    if answer is None:
+                        await _skip_body(response.content)
                     return Outcome(OutcomeKind.DELIVERED, "ok", status,
-                                   duration=time.monotonic() - started, overflow=route.overflow)
+                                   duration=time.monotonic() - started, overflow=route.overflow,
+                                   answer=answer)
                 return await _error_status_outcome(response, retryable, started, route.overflow)
         except asyncio.CancelledError:
             if expiry is None or not deadlines.expired(expiry):
@@ -199,6 +212,27 @@ async def _error_status_outcome(
         retry_after=parse_retry_after(response.headers.get("Retry-After")),
         duration=time.monotonic() - started, overflow=overflow,
     )
+
+
+async def _read_answer(response: aiohttp.ClientResponse, limit: int) -> Answer:
+    """A 2xx answer for a reply: at most ``limit`` bytes of body (a longer one is left
+    unread, ``truncated``, its connection closed) and the headers a reply uses."""
+    content = response.content
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit and not content.at_eof():
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    headers = {
+        lower: value for name, value in response.headers.items()
+        if (lower := name.lower()) == "content-type" or lower.startswith("ce-")
+    }
+    if size > limit:
+        return Answer(b"", headers, truncated=True)
+    return Answer(b"".join(chunks), headers)
 
 
 async def _skip_body(content: aiohttp.StreamReader) -> None:

@@ -77,6 +77,10 @@ class TriggerStats:
     dead_letter_fallbacks: int = 0
     dead_letter_blocked: int = 0
     internal_errors: int = 0
+    #: A trigger with a ``reply`` (bridge.replies): its reply series are exported.
+    replying: bool = False
+    replies: int = 0
+    reply_failures: int = 0
     #: Asked at scrape time for ``bridge_connector_ready`` (None: no running connector).
     readiness: Callable[[], bool] | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -168,6 +172,14 @@ class _TriggerCollector:
         replaced = CounterMetricFamily(
             "bridge_cron_runs_replaced", "Running cron invocations cancelled by Replace.", labels=t
         )
+        replies = CounterMetricFamily(
+            "bridge_replies_published", "Function answers published as reply CloudEvents.",
+            labels=tf,
+        )
+        reply_failed = CounterMetricFamily(
+            "bridge_reply_publish_failures",
+            "Failed reply publishes (the event stays unsettled and is retried).", labels=t,
+        )
         for s in stats:
             name, pair = [s.trigger], [s.trigger, s.function]
             received.add_metric(name, s.received)
@@ -187,8 +199,11 @@ class _TriggerCollector:
                 skipped.add_metric([*name, reason], n)
             if s.cron_lag is not None or s.cron_replaced:
                 replaced.add_metric(name, s.cron_replaced)
+            if s.replying:
+                replies.add_metric(pair, s.replies)
+                reply_failed.add_metric(name, s.reply_failures)
         yield from (received, invocations, retries, overflow, dead, dead_failed, fallbacks,
-                    internal, settled, withdrawn, skipped, replaced)
+                    internal, settled, withdrawn, skipped, replaced, replies, reply_failed)
 
     def _gauges(self, stats: list[TriggerStats]) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -32,6 +32,17 @@ class OutcomeKind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """What a 2xx answer said, kept only for a trigger with a ``reply``: its body (at most
+    the reply's ``max_size``; ``truncated`` when it was longer) and the headers a reply
+    needs (``Content-Type`` and ``ce-*``, names lower-case, values as sent)."""
+
+    body: bytes
+    headers: Mapping[str, str]
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     kind: OutcomeKind
     #: Short machine-friendly reason: ``ok``, ``http_503``, ``timeout``, ``connect_error``...
@@ -42,6 +53,8 @@ class Outcome:
     duration: float = 0.0
     #: True when the overflow pool served this attempt.
     overflow: bool = False
+    #: A delivered attempt's answer, when the trigger publishes replies (else None).
+    answer: Answer | None = None
 
     @property
     def ok(self) -> bool:

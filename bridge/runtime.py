@@ -62,7 +62,7 @@ from bridge.config import (
     secrets_of,
     unused_quotas,
 )
-from bridge.deadletter import Sink, sink_key
+from bridge.deadletter import Sink, SinkRefused, sink_key
 from bridge.dispatcher import Dispatcher
 from bridge.errors import describe
 from bridge.invoker import Invoker
@@ -71,10 +71,17 @@ from bridge.logs import Logger, get_logger, redact
 from bridge.metrics import Metrics
 from bridge.pools import BalancedPool, Pool, Target, WatchedPool
 from bridge.quotas import QuotaLimits
+from bridge.replies import ReplySink
 from bridge.retry import Backoff
 from bridge.settings import Settings
 from bridge.supervisor import Loop, Supervisor
-from connectors.base import Connector, ConnectorContext, connector_factory, sink_factory
+from connectors.base import (
+    Connector,
+    ConnectorContext,
+    connector_factory,
+    reply_factory,
+    sink_factory,
+)
 
 #: A connector that fails to start or breaks is started again after this.
 _RESTART = Backoff(initial=1.0, maximum=30.0)
@@ -104,6 +111,16 @@ class Closable(Protocol):
     async def close(self) -> None: ...
 
 
+class SettingRefused(Exception):
+    """A broker refuses one setting of a trigger (a reply topic or exchange that does
+    not exist): reported at that setting's path (``triggers[0].reply.kafka.topic``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class BuildFailure:
     """A trigger that could not be built: tried again when its settings change."""
@@ -123,7 +140,7 @@ class RunningTrigger:
     pump: asyncio.Task[None] | None = None
     #: Consecutive failures of the connector (its restart backoff).
     failures: int = field(default=0)
-    #: Keys (in Runtime._sinks) of its dead-letter sink and fallback.
+    #: Keys (in Runtime._sinks / _replies) of its dead-letter sink, fallback and reply.
     sinks: tuple[str, ...] = ()
 
 
@@ -180,6 +197,8 @@ class Runtime:
         self._watched: dict[str, WatchedPool] = {}
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._sinks: dict[str, Sink] = {}
+        #: Reply targets (bridge.replies), shared like the sinks.
+        self._replies: dict[str, ReplySink] = {}
         self._functions: dict[str, FunctionConfig] = {}
         self._service_tasks: list[asyncio.Task[None]] = []
         self._leadership_task: asyncio.Task[None] | None = None
@@ -236,13 +255,15 @@ class Runtime:
         watches = list(self._watches.values())
         self._watches.clear()
         await self._stop_step("stop the endpoint watches", deadline, partial(_cancel, watches))
-        resources: list[Closable] = [*self._sinks.values(), *self._targets.values(),
-                                     *self.context.shared_values(), *self._resources]
+        resources: list[Closable] = [*self._sinks.values(), *self._replies.values(),
+                                     *self._targets.values(), *self.context.shared_values(),
+                                     *self._resources]
         await asyncio.gather(*(
             self._stop_step(f"close {type(r).__name__}", deadline, r.close)
             for r in resources
         ))
         self._sinks.clear()
+        self._replies.clear()
         self._targets.clear()
         self._watched.clear()
         if self._session is not None:
@@ -361,6 +382,9 @@ class Runtime:
             resolved = self.config.resolve(trigger)
             try:
                 built.append(await self._build(resolved))
+            except SettingRefused as err:
+                problems.append(ConfigProblem(f"triggers[{index}].{err.path}",
+                                              _build_error(resolved, err, err.reason)))
             except Exception as err:
                 problems.append(ConfigProblem(
                     f"triggers[{index}]", f"cannot be started: {_build_error(resolved, err)}"
@@ -386,10 +410,11 @@ class Runtime:
         the CLI's answer is the problem lines alone."""
         for name in list(self._targets):
             await self._close_target(name)
-        for resource in [*self._sinks.values(), *self.context.shared_values(),
-                         *self._resources]:
+        for resource in [*self._sinks.values(), *self._replies.values(),
+                         *self.context.shared_values(), *self._resources]:
             await close_quietly(resource.close, timeout=_STOP_TIMEOUT)
         self._sinks.clear()
+        self._replies.clear()
         if self._session is not None:
             await self._session.close()
         await self.admin.stop()
@@ -406,6 +431,10 @@ class Runtime:
         if dead_letter.fallback is not None:
             fallback_id, fallback = await self._sink(dead_letter.fallback, trigger)
             sinks += (fallback_id,)
+        replies: ReplySink | None = None
+        if trigger.reply is not None:
+            reply_id, replies = await self._reply_sink(trigger)
+            sinks += (reply_id,)
         dispatcher = Dispatcher(
             trigger,
             target=self._target(trigger.function_name, trigger.function),
@@ -416,6 +445,7 @@ class Runtime:
             log=self.log,
             ordering=trigger.ordering,
             max_unsettled=connector.max_unsettled,
+            replies=replies,
         )
         return RunningTrigger(trigger, connector, dispatcher, sinks=sinks)
 
@@ -543,21 +573,55 @@ class Runtime:
             self._sinks[key] = sink
         return key, self._sinks[key]
 
+    async def _reply_sink(self, trigger: ResolvedTrigger) -> tuple[str, ReplySink]:
+        """The reply target of ``trigger`` (shared like the sinks) and its key.
+
+        A target the broker refuses for good at start (a topic or exchange that does
+        not exist, access refused) is a config problem: raised, so the trigger is not
+        built. One not reachable yet connects on its first publish.
+        """
+        config = trigger.reply
+        assert config is not None
+        key = "reply:" + sink_key(config, trigger)
+        if key not in self._replies:
+            replies = reply_factory(config.kind)(trigger)
+            try:
+                async with asyncio.timeout(_SINK_START_TIMEOUT):
+                    await replies.start()
+            except SinkRefused as err:
+                await close_quietly(replies.close, timeout=_STOP_TIMEOUT)
+                target = "topic" if config.kind == "kafka" else "exchange"
+                raise SettingRefused(f"reply.{config.kind}.{target}", str(err)) from None
+            except Exception as err:
+                error = (f"no answer within {_SINK_START_TIMEOUT:g}s"
+                         if isinstance(err, TimeoutError) else describe(err, 400))
+                self.log.error("reply target not available yet", trigger=trigger.name,
+                               reply=config.kind, error=error)
+            self._replies[key] = replies
+        return key, self._replies[key]
+
     async def _close_unused_sinks(self) -> None:
-        """Close the sinks no running trigger uses any more (removed, or settings changed:
-        another URL, a rotated password)."""
+        """Close the sinks and reply targets no running trigger uses any more (removed,
+        or settings changed: another URL, a rotated password)."""
         used = {key for running in self.triggers.values() for key in running.sinks}
         for key in [k for k in self._sinks if k not in used]:
             sink = self._sinks.pop(key)
             await close_quietly(sink.close, timeout=_STOP_TIMEOUT)
             self.log.info("dead-letter sink closed: no trigger uses it",
                           sink=type(sink).__name__)
+        for key in [k for k in self._replies if k not in used]:
+            replies = self._replies.pop(key)
+            await close_quietly(replies.close, timeout=_STOP_TIMEOUT)
+            self.log.info("reply target closed: no trigger uses it",
+                          target=type(replies).__name__)
 
 
-def _build_error(trigger: ResolvedTrigger, err: BaseException) -> str:
-    """Why ``trigger`` could not be built, without any piece of its secrets."""
-    return redact(describe(err, 400), secrets_of(trigger.config, trigger.function,
-                                             trigger.dead_letter))
+def _build_error(trigger: ResolvedTrigger, err: BaseException, text: str | None = None) -> str:
+    """Why ``trigger`` could not be built (``text``, else the error described), without
+    any piece of its secrets."""
+    if text is None:
+        text = str(err)[:400] if isinstance(err, SettingRefused) else describe(err, 400)
+    return redact(text, secrets_of(trigger.config, trigger.function, trigger.dead_letter))
 
 
 

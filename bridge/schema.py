@@ -57,6 +57,7 @@ EXACTLY_ONE = {
     "DeadLetterConfig": ("file", "kafka", "rabbitmq"),
     "SinkConfig": ("file", "kafka", "rabbitmq"),
     "FunctionConfig": ("url", "urls", "kubernetes"),
+    "ReplyConfig": ("kafka", "rabbitmq"),
 }
 
 #: Field descriptions the models do not carry as ``#:`` comments ("Model.field").
@@ -73,6 +74,8 @@ DESCRIPTIONS = {
     "TriggerConfig.timeout": "Timeout of one HTTP attempt.",
     "TriggerConfig.retry": "Retry policy (overrides defaults.retry field by field).",
     "TriggerConfig.dead_letter": "Where events go that cannot be delivered.",
+    "TriggerConfig.reply": "Publish the function's answer as a CloudEvent (Kafka topic or "
+                           "RabbitMQ exchange) before the event is settled.",
     "TriggerConfig.kafka": "Consume Kafka topics.",
     "TriggerConfig.rabbitmq": "Consume a RabbitMQ queue.",
     "TriggerConfig.cron": "Fire on a schedule (Kubernetes CronJob semantics).",
@@ -112,6 +115,11 @@ DESCRIPTIONS = {
     "FileSinkConfig.path": "JSON-lines file of dead letters.",
     "FileSinkConfig.fsync": "fsync after every record (the write is confirmed only then).",
     "KafkaSinkConfig.topic": "Dead-letter topic.",
+    "KafkaReplyConfig.topic": "Topic the replies go to (it must exist).",
+    "ReplyConfig.kafka": "Publish replies to a Kafka topic.",
+    "ReplyConfig.rabbitmq": "Publish replies to a RabbitMQ exchange.",
+    "RabbitReplyConfig.exchange": "Exchange the replies go to ('' is the default exchange).",
+    "RabbitReplyConfig.routing_key": "Routing key of the replies.",
 }
 
 

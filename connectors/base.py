@@ -27,6 +27,7 @@ from bridge.config import ResolvedTrigger, SinkConfig
 from bridge.deadletter import Sink
 from bridge.leadership import Leadership
 from bridge.metrics import Metrics
+from bridge.replies import ReplySink
 
 if TYPE_CHECKING:
     from bridge.events import Event
@@ -80,6 +81,7 @@ class ConnectorContext:
 
 ConnectorFactory = Callable[[ResolvedTrigger, ConnectorContext], Connector]
 SinkFactory = Callable[[SinkConfig, ResolvedTrigger], Sink]
+ReplyFactory = Callable[[ResolvedTrigger], ReplySink]
 
 #: Source kind -> "module:attribute" of its connector factory.
 SOURCES: dict[str, str] = {
@@ -93,6 +95,12 @@ SINKS: dict[str, str] = {
     "file": "bridge.deadletter:file_sink",
     "kafka": "connectors.kafka_sink:kafka_sink",
     "rabbitmq": "connectors.rabbitmq_sink:rabbit_sink",
+}
+
+#: ``reply`` kind -> "module:attribute" of its reply sink factory (bridge.replies).
+REPLIES: dict[str, str] = {
+    "kafka": "connectors.kafka_sink:kafka_replies",
+    "rabbitmq": "connectors.rabbitmq_sink:rabbit_replies",
 }
 
 #: ``trigger-bridge redrive``: dead letters read back from a topic or queue
@@ -122,6 +130,12 @@ def sink_factory(kind: str) -> SinkFactory:
     if kind not in SINKS:
         raise LookupError(f"no dead-letter sink of kind {kind!r}")
     return _load(SINKS[kind])  # type: ignore[no-any-return]
+
+
+def reply_factory(kind: str) -> ReplyFactory:
+    if kind not in REPLIES:
+        raise LookupError(f"no reply sink of kind {kind!r}")
+    return _load(REPLIES[kind])  # type: ignore[no-any-return]
 
 
 def redrive_source(kind: str) -> Callable[..., Any]:

@@ -1,15 +1,22 @@
-"""Kafka dead-letter sink: dead letters to a topic, as binary-mode CloudEvents.
+"""Kafka dead-letter sink and replies: records to a topic, as binary-mode CloudEvents.
 
 ``dead_letter: {kafka: {topic: ...}}``. Each record keeps the original body, key and
 headers, adds the ``bridge-*`` headers and the CloudEvent attributes as ``ce_*``
 headers, and is written with ``acks=all``: :meth:`KafkaSink.write` returns only once the
 brokers have it. Refusals no retry overcomes raise
 :class:`~bridge.deadletter.SinkRefused` (the dispatcher's fallback or *blocked* path).
+
+``reply: {kafka: {topic: ...}}`` (:class:`KafkaReplies`, :mod:`bridge.replies`) sends
+through the same producer code: the reply's data as the value, its attributes as
+``ce_*`` headers (``content-type`` for ``datacontenttype``), the source event's key. At
+start it checks that the topic exists (a metadata request that names no topic, so no
+broker auto-creates it): a missing reply topic is a config problem, named.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
@@ -19,6 +26,7 @@ from bridge.config import KafkaConnection, KafkaSinkConfig, ResolvedTrigger, Sin
 from bridge.deadletter import DeadLetter, SinkRefused
 from bridge.errors import describe
 from bridge.logs import Logger, get_logger
+from bridge.replies import Reply
 from connectors.kafka_connection import (
     AUTH_ERRORS,
     REQUEST_TIMEOUT,
@@ -44,12 +52,18 @@ def dead_letter_headers(record: DeadLetter) -> list[tuple[str, bytes]]:
         (name, value) for name, value in record.headers
         if not name.lower().startswith(KAFKA_PREFIX) and name.lower() != "content-type"
     ]
-    attributes = dict(record.cloudevent)
-    content_type = attributes.pop("datacontenttype", None)
-    ce = [(f"{KAFKA_PREFIX}{name}", value.encode("utf-8")) for name, value in attributes.items()]
+    return [*kept, *bridge, *cloudevent_headers(record.cloudevent)]
+
+
+def cloudevent_headers(attributes: Mapping[str, str]) -> list[tuple[str, bytes]]:
+    """CloudEvent attributes as Kafka binary-mode headers: ``ce_<name>``, and
+    ``content-type`` for ``datacontenttype``."""
+    ce = [(f"{KAFKA_PREFIX}{name}", value.encode("utf-8"))
+          for name, value in attributes.items() if name != "datacontenttype"]
+    content_type = attributes.get("datacontenttype")
     if content_type:
         ce.append(("content-type", content_type.encode("utf-8")))
-    return [*kept, *bridge, *ce]
+    return ce
 
 
 #: Produce errors no retry overcomes while the topic and the settings stay as they are:
@@ -111,24 +125,70 @@ class KafkaSink:
             self._producer = producer
 
     async def write(self, record: DeadLetter) -> None:
+        await self.send(record.body, record.key, dead_letter_headers(record))
+
+    async def send(
+        self, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
+        what: str = "dead letter",
+    ) -> None:
+        """Produce one record and await the brokers' ack; SinkRefused for a refusal for
+        good (``what`` names the record in its message)."""
         await self.start()
         producer = self._producer
         assert producer is not None
         try:
-            await producer.send_and_wait(
-                self.topic, value=record.body, key=record.key,
-                headers=dead_letter_headers(record),
-            )
+            await producer.send_and_wait(self.topic, value=value, key=key, headers=headers)
         except _REFUSALS as err:
             raise SinkRefused(
-                f"topic {self.topic!r} refused the dead letter: {describe(err, None)}"[:400]
+                f"topic {self.topic!r} refused the {what}: {describe(err, None)}"[:400]
             ) from None
+
+    async def check_topic(self) -> None:
+        """SinkRefused unless the topic exists (asked without naming it: no broker
+        auto-creates it for this question)."""
+        await self.start()
+        producer = self._producer
+        assert producer is not None
+        cluster = await producer.client.fetch_all_metadata()
+        if self.topic not in cluster.topics():
+            servers = ",".join(self._connection.bootstrap_servers)
+            raise SinkRefused(f"kafka topic {self.topic!r} does not exist at {servers}")
 
     async def close(self) -> None:
         async with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:
             await close_client(producer, self._log)
+
+
+class KafkaReplies:
+    """``reply: {kafka: ...}``: replies to a topic through a :class:`KafkaSink`'s
+    producer (a :class:`bridge.replies.ReplySink`)."""
+
+    def __init__(self, sink: KafkaSink) -> None:
+        self._sink = sink
+
+    async def start(self) -> None:
+        """Connect and check the topic exists (SinkRefused naming it if not)."""
+        await self._sink.check_topic()
+
+    async def publish(self, reply: Reply) -> None:
+        await self._sink.send(reply.data, reply.key, cloudevent_headers(reply.attributes),
+                              "reply")
+
+    async def close(self) -> None:
+        await self._sink.close()
+
+
+def kafka_replies(trigger: ResolvedTrigger) -> KafkaReplies:
+    """Reply sink factory for ``reply: {kafka: {...}}`` (``connectors.base.REPLIES``)."""
+    reply = trigger.reply
+    assert reply is not None
+    assert reply.kafka is not None
+    config = reply.kafka
+    log = get_logger(trigger=trigger.name, reply="kafka", topic=config.topic)
+    return KafkaReplies(KafkaSink(config.topic, config.connection(trigger.config.kafka), log,
+                                  config.max_request_size))
 
 
 def kafka_sink(config: SinkConfig, trigger: ResolvedTrigger) -> KafkaSink:

@@ -14,6 +14,12 @@
 - :class:`RejectSink` (``reject: true``, RabbitMQ triggers only): the dead letter is the
   connector's ``basic.reject(requeue=false)``, which hands the message to the queue's
   own ``x-dead-letter-exchange``.
+
+``reply: {rabbitmq: ...}`` (:class:`RabbitReplies`, :mod:`bridge.replies`) publishes
+through a :class:`RabbitPublishSink` too, with the same confirms, ``mandatory`` and
+refusals: the reply's data as the body, its attributes as ``cloudEvents:`` application
+properties, ``content_type`` = ``datacontenttype``, ``message_id`` = its id. An
+exchange that does not exist is refused at start (a config problem, named).
 """
 
 from __future__ import annotations
@@ -28,10 +34,17 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from bridge.closing import close_quietly
 from bridge.cloudevents import AMQP_PREFIXES
-from bridge.config import RabbitSinkConfig, ResolvedTrigger, SinkConfig, TlsConfig
+from bridge.config import (
+    RabbitReplyConfig,
+    RabbitSinkConfig,
+    ResolvedTrigger,
+    SinkConfig,
+    TlsConfig,
+)
 from bridge.deadletter import DeadLetter, SinkRefused
 from bridge.errors import describe
 from bridge.logs import redact_url
+from bridge.replies import Reply
 from connectors.rabbitmq_connection import (
     CLOSE_TIMEOUT,
     RabbitSetupError,
@@ -74,8 +87,11 @@ class RabbitPublishSink:
     """
 
     def __init__(
-        self, url: str, tls: TlsConfig | None, exchange: str, routing_key: str, name: str
+        self, url: str, tls: TlsConfig | None, exchange: str, routing_key: str, name: str,
+        *, what: str = "dead letter",
     ) -> None:
+        """``what`` names what it publishes in connection names and errors."""
+        self._what = what
         self._url = url
         self._tls = tls
         self._exchange_name = exchange
@@ -99,7 +115,7 @@ class RabbitPublishSink:
                 return self._exchange
             await self.close()
             try:
-                connection = await connect(self._url, self._tls, f"{self._name} dead letters",
+                connection = await connect(self._url, self._tls, f"{self._name} {self._what}s",
                                            robust=False)
             except RabbitSetupError as err:
                 if err.refused:
@@ -113,7 +129,8 @@ class RabbitPublishSink:
             except Exception as err:
                 await close_quietly(connection.close, timeout=CLOSE_TIMEOUT)
                 error = SinkRefused if refusal(err) else RabbitSetupError
-                raise error(f"dead-letter {explain(err, self._url)}") from None
+                prefix = "dead-letter " if self._what == "dead letter" else ""
+                raise error(f"{prefix}{explain(err, self._url)}") from None
             self._connection, self._channel, self._exchange = connection, channel, exchange
             return exchange
 
@@ -122,21 +139,26 @@ class RabbitPublishSink:
                     or self._channel is None or self._channel.is_closed)
 
     async def write(self, record: DeadLetter) -> None:
+        await self.send(dead_letter_message(record))
+
+    async def send(self, message: aio_pika.Message) -> None:
+        """Publish ``message`` and await the broker's confirm (see the class docs)."""
         exchange = await self._ensure()
         try:
             confirmation = await exchange.publish(
-                dead_letter_message(record), routing_key=self._routing_key,
-                mandatory=True, timeout=_PUBLISH_TIMEOUT,
+                message, routing_key=self._routing_key, mandatory=True,
+                timeout=_PUBLISH_TIMEOUT,
             )
         except Exception as err:
             if not self._open():
                 await self.close()
             refused = refusal(err) or isinstance(err, amqp_errors.PublishError)
             raise (SinkRefused if refused else RabbitSetupError)(
-                f"dead letter not confirmed by {self.target}: {_describe_publish(err, self._url)}"
+                f"{self._what} not confirmed by {self.target}: "
+                f"{_describe_publish(err, self._url)}"
             ) from None
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            raise RabbitSetupError(f"dead letter not confirmed by {self.target}")
+            raise RabbitSetupError(f"{self._what} not confirmed by {self.target}")
 
     async def close(self) -> None:
         connection = self._connection
@@ -182,6 +204,48 @@ def dead_letter_message(record: DeadLetter) -> aio_pika.Message:
     )
 
 
+def reply_message(reply: Reply) -> aio_pika.Message:
+    """The AMQP message for a reply: its data, its attributes as ``cloudEvents:<name>``
+    application properties (AMQP binding), persistent, ``message_id`` = its id."""
+    headers: dict[str, Any] = {
+        f"{AMQP_PREFIXES[0]}{name}": text for name, text in reply.attributes.items()
+        if name != "datacontenttype"
+    }
+    return aio_pika.Message(
+        body=reply.data, headers=headers, content_type=reply.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=reply.id,
+    )
+
+
+class RabbitReplies:
+    """``reply: {rabbitmq: ...}``: replies to an exchange through a
+    :class:`RabbitPublishSink` (a :class:`bridge.replies.ReplySink`)."""
+
+    def __init__(self, sink: RabbitPublishSink) -> None:
+        self._sink = sink
+
+    async def start(self) -> None:
+        """Connect and find the exchange (SinkRefused naming it if it does not exist)."""
+        await self._sink.start()
+
+    async def publish(self, reply: Reply) -> None:
+        await self._sink.send(reply_message(reply))
+
+    async def close(self) -> None:
+        await self._sink.close()
+
+
+def rabbit_replies(trigger: ResolvedTrigger) -> RabbitReplies:
+    """Reply sink factory for ``reply: {rabbitmq: {...}}`` (``connectors.base.REPLIES``)."""
+    reply = trigger.reply
+    assert reply is not None
+    assert reply.rabbitmq is not None
+    config = reply.rabbitmq
+    url, tls = _sink_connection(config, trigger, "reply.rabbitmq.url")
+    return RabbitReplies(RabbitPublishSink(url, tls, config.exchange, config.routing_key,
+                                           trigger.name, what="reply"))
+
+
 def _amqp_value(value: bytes) -> str | bytearray:
     """Text headers go back as AMQP strings, other bytes as AMQP byte arrays."""
     try:
@@ -198,20 +262,20 @@ def rabbit_sink(
     assert sink is not None
     if sink.reject:
         return RejectSink()
-    url, tls = _sink_connection(sink, trigger)
+    url, tls = _sink_connection(sink, trigger, "dead_letter.rabbitmq.url")
     assert sink.exchange is not None, "validated: exchange or reject"
     return RabbitPublishSink(url, tls, sink.exchange, sink.routing_key, trigger.name)
 
 
 def _sink_connection(
-    sink: RabbitSinkConfig, trigger: ResolvedTrigger
+    sink: RabbitSinkConfig | RabbitReplyConfig, trigger: ResolvedTrigger, field: str
 ) -> tuple[str, TlsConfig | None]:
     if sink.url is not None:
         return sink.url.get_secret_value(), sink.tls
     source = trigger.config.rabbitmq
     if source is None:  # config validation reports this first
         raise RabbitSetupError(
-            f"trigger {trigger.name!r}: dead_letter.rabbitmq.url is required for a "
+            f"trigger {trigger.name!r}: {field} is required for a "
             f"{trigger.config.kind} trigger"
         )
     return source.url.get_secret_value(), source.tls

@@ -7,6 +7,7 @@ The package, one module per part (read them in this order):
 - :mod:`~bridge.config.sources`: the ``kafka``, ``rabbitmq`` and ``cron`` sources and
   broker connection settings (TLS, SASL);
 - :mod:`~bridge.config.sinks`: dead-letter sinks and ``dead_letter`` with its fallback;
+- :mod:`~bridge.config.replies`: a trigger's ``reply`` (where a function's answer goes);
 - :mod:`~bridge.config.functions`: functions (URLs or a Kubernetes Service, overflow,
   quota, headers);
 - :mod:`~bridge.config.triggers`: triggers, ``defaults``, the whole
@@ -48,6 +49,7 @@ from bridge.config.loading import (
 )
 from bridge.config.problems import ConfigError, ConfigProblem, join_path, problems_from
 from bridge.config.references import trigger_problems, unused_quotas
+from bridge.config.replies import KafkaReplyConfig, RabbitReplyConfig, ReplyConfig
 from bridge.config.sinks import (
     DeadLetterConfig,
     FileSinkConfig,
@@ -90,6 +92,7 @@ __all__ = [
     "HttpUrl",
     "KafkaConnection",
     "KafkaProtocol",
+    "KafkaReplyConfig",
     "KafkaSinkConfig",
     "KafkaSource",
     "KubernetesTarget",
@@ -97,8 +100,10 @@ __all__ = [
     "OverflowConfig",
     "QuotaConfig",
     "RabbitDeclare",
+    "RabbitReplyConfig",
     "RabbitSinkConfig",
     "RabbitSource",
+    "ReplyConfig",
     "ResolvedTrigger",
     "RetryConfig",
     "SaslConfig",

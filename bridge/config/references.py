@@ -1,10 +1,10 @@
 """Cross-references: what a trigger needs from the rest of the config.
 
 Its function must exist; it needs a dead-letter sink (its own or the defaults'); a
-RabbitMQ sink without ``url`` needs a rabbitmq trigger (and ``reject: true`` always
-does), and a Kafka sink without ``bootstrap_servers`` a kafka trigger whose connection
-settings suit it. Trigger names are unique. Each problem names the path it is written
-at, and an inherited sink says which trigger inherits it.
+RabbitMQ sink or ``reply`` without ``url`` needs a rabbitmq trigger (and ``reject:
+true`` always does), and a Kafka sink or ``reply`` without ``bootstrap_servers`` a kafka
+trigger whose connection settings suit it. Trigger names are unique. Each problem names
+the path it is written at, and an inherited sink says which trigger inherits it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 from bridge.config.functions import FunctionConfig
 from bridge.config.problems import ConfigProblem
-from bridge.config.sinks import SinkConfig
+from bridge.config.sinks import KafkaSinkConfig, SinkConfig
 from bridge.config.sources import kafka_security_problem
 from bridge.config.triggers import BridgeConfig, TriggerConfig
 
@@ -63,6 +63,7 @@ def trigger_problems(
         )
     yield from _rabbit_sink_problems(config, trigger, path)
     yield from _kafka_sink_problems(config, trigger, path)
+    yield from _reply_problems(trigger, path)
 
 
 def _trigger_sinks(
@@ -85,26 +86,46 @@ def _kafka_sink_problems(
 ) -> Iterator[ConfigProblem]:
     """A Kafka dead-letter sink without servers borrows the trigger's connection."""
     for dead_letter, where, suffix in _trigger_sinks(config, trigger, path):
-        sink = dead_letter.kafka
-        if sink is None or sink.bootstrap_servers is not None:
-            continue
-        if trigger.kafka is not None:
-            source = trigger.kafka
-            problem = kafka_security_problem(
-                sink.security_protocol or source.security_protocol,
-                sink.sasl or source.sasl,
-                sink.tls or source.tls,
-            )
-            if problem:
-                yield ConfigProblem(
-                    f"{where}.kafka",
-                    f"with the trigger's connection settings: {problem}{suffix}",
-                )
-            continue
+        if dead_letter.kafka is not None:
+            yield from _borrowed_kafka(dead_letter.kafka, trigger, f"{where}.kafka", suffix)
+
+
+def _borrowed_kafka(
+    sink: KafkaSinkConfig, trigger: TriggerConfig, where: str, suffix: str = ""
+) -> Iterator[ConfigProblem]:
+    """A Kafka sink or reply at ``where``: without servers of its own it needs a kafka
+    trigger whose connection settings suit it."""
+    if sink.bootstrap_servers is not None:
+        return
+    if trigger.kafka is not None:
+        source = trigger.kafka
+        problem = kafka_security_problem(
+            sink.security_protocol or source.security_protocol,
+            sink.sasl or source.sasl,
+            sink.tls or source.tls,
+        )
+        if problem:
+            yield ConfigProblem(where, f"with the trigger's connection settings: {problem}{suffix}")
+        return
+    yield ConfigProblem(
+        f"{where}.bootstrap_servers",
+        f"required for a {trigger.kind} trigger: only a kafka trigger has a Kafka "
+        f"connection to default to{suffix}",
+    )
+
+
+def _reply_problems(trigger: TriggerConfig, path: str) -> Iterator[ConfigProblem]:
+    """A reply borrows the trigger's connection like a dead-letter sink does."""
+    reply = trigger.reply
+    if reply is None:
+        return
+    if reply.kafka is not None:
+        yield from _borrowed_kafka(reply.kafka, trigger, f"{path}.reply.kafka")
+    if reply.rabbitmq is not None and reply.rabbitmq.url is None and trigger.rabbitmq is None:
         yield ConfigProblem(
-            f"{where}.kafka.bootstrap_servers",
-            f"required for a {trigger.kind} trigger: only a kafka trigger has a Kafka "
-            f"connection to default to{suffix}",
+            f"{path}.reply.rabbitmq.url",
+            f"required: trigger {trigger.name!r} is a {trigger.kind} trigger, so there is "
+            "no RabbitMQ connection to default to",
         )
 
 

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from bridge.config.fields import Duration, Name, Strict, Timeout, require_exactly_one
 from bridge.config.functions import FunctionConfig, QuotaConfig
+from bridge.config.replies import ReplyConfig
 from bridge.config.sinks import DeadLetterConfig
 from bridge.config.sources import CronSource, KafkaSource, RabbitSource
 from bridge.outcome import DEFAULT_RETRYABLE_STATUSES
@@ -64,6 +65,9 @@ class TriggerConfig(Strict):
     timeout: Timeout | None = None
     retry: RetryConfig | None = None
     dead_letter: DeadLetterConfig | None = None
+    #: Publish the function's answer (a 2xx with a body) as a CloudEvent, before the
+    #: event is settled (docs/configuration.md, *Replies*).
+    reply: ReplyConfig | None = None
     kafka: KafkaSource | None = None
     rabbitmq: RabbitSource | None = None
     cron: CronSource | None = None
@@ -129,6 +133,10 @@ class ResolvedTrigger:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def reply(self) -> ReplyConfig | None:
+        return self.config.reply
 
     @property
     def ordering(self) -> Literal["key", "partition", "none"]:

@@ -605,10 +605,12 @@ class RaisingInvoker(Invoker):
         super().__init__(session)
         self.bad = bad
 
-    async def invoke(self, target: Target, event: Event, *args: object) -> Outcome:  # type: ignore[override]
+    async def invoke(  # type: ignore[override]
+        self, target: Target, event: Event, *args: object, **kwargs: object
+    ) -> Outcome:
         if event.id in self.bad:
             raise KeyError("injected bug")
-        return await super().invoke(target, event, *args)  # type: ignore[arg-type]
+        return await super().invoke(target, event, *args, **kwargs)  # type: ignore[arg-type]
 
 
 def buggy(rig: Rig, bad: set[str], ordering: Ordering = "none") -> Dispatcher:

@@ -29,7 +29,7 @@ def configs() -> list[tuple[str, str]]:
 def test_the_guides_show_configs() -> None:
     names = [name for name, _ in configs()]
     assert sum(n.startswith("getting-started") for n in names) == 1
-    assert sum(n.startswith("migrating") for n in names) == 5
+    assert sum(n.startswith("migrating") for n in names) == 6
 
 
 @pytest.mark.parametrize(("where", "block"), configs(), ids=[name for name, _ in configs()])
