@@ -163,6 +163,7 @@ class Invoker:
         )
         started = time.monotonic()
         expiry = None
+        outcome = None
         try:
             headers = build_headers(event, attempt, target.headers)
             expiry = deadlines.start()
@@ -176,28 +177,38 @@ class Invoker:
                     answer = await _read_answer(response, answer_bytes) if answer_bytes else None
                     if answer is None:
                         await _skip_body(response.content)
-                    return Outcome(OutcomeKind.DELIVERED, "ok", status,
-                                   duration=time.monotonic() - started, overflow=route.overflow,
-                                   answer=answer)
-                return await _error_status_outcome(response, retryable, started, route.overflow)
+                    outcome = Outcome(OutcomeKind.DELIVERED, "ok", status,
+                                      duration=time.monotonic() - started,
+                                      overflow=route.overflow, answer=answer)
+                else:
+                    outcome = await _error_status_outcome(
+                        response, retryable, started, route.overflow)
+                return outcome
         except asyncio.CancelledError:
             if expiry is None or not deadlines.expired(expiry):
                 raise
-            kind, reason, detail = OutcomeKind.RETRYABLE, "timeout", _no_response(timeout)
+            outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
         except TimeoutError:
-            kind, reason, detail = OutcomeKind.RETRYABLE, "timeout", _no_response(timeout)
+            outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
         except aiohttp.ClientConnectorError as err:
-            kind, reason, detail = OutcomeKind.RETRYABLE, "connect_error", _short(err)
+            outcome = _failed("connect_error", _short(err), started, route.overflow)
         except (aiohttp.ClientError, OSError) as err:
-            kind, reason, detail = OutcomeKind.RETRYABLE, "connection_error", _short(err)
+            outcome = _failed("connection_error", _short(err), started, route.overflow)
         except ValueError as err:  # a request that cannot be sent; sending again won't help
-            kind, reason, detail = OutcomeKind.PERMANENT, "invalid_request", _short(err)
+            outcome = _failed("invalid_request", _short(err), started, route.overflow,
+                              OutcomeKind.PERMANENT)
         finally:
             if expiry is not None:
                 deadlines.finish(expiry)
-            target.release(route)
-        return Outcome(kind, reason, detail=detail, duration=time.monotonic() - started,
-                       overflow=route.overflow)
+            target.release(route, outcome)
+        return outcome
+
+
+def _failed(reason: str, detail: str, started: float, overflow: bool,
+            kind: OutcomeKind = OutcomeKind.RETRYABLE) -> Outcome:
+    """An attempt that got no answer (or could not be sent)."""
+    return Outcome(kind, reason, detail=detail, duration=time.monotonic() - started,
+                   overflow=overflow)
 
 
 async def _error_status_outcome(

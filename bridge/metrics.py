@@ -14,6 +14,7 @@ Connector metrics with few series stay ordinary prometheus_client collectors.
 from __future__ import annotations
 
 import bisect
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -322,6 +323,12 @@ class Metrics:
             "the task is restarted with backoff.",
             ["task"], registry=r,
         )
+        self.function_concurrency_limit = Gauge(
+            "bridge_function_concurrency_limit",
+            "The adaptive concurrency limit of a function (concurrency.adaptive): how many "
+            "invocations it is given at once now, within min/max and under the quota.",
+            ["function"], registry=r,
+        )
         self.cron_leader = Gauge(
             "bridge_cron_leader", "1 while this replica leads cron (holds the Lease, fires).",
             ["lease"], registry=r,
@@ -345,6 +352,15 @@ class Metrics:
         elif function and stats.function != function:
             stats.function = function
         return stats
+
+    def function_limit(self, function: str, read: Callable[[], float] | None) -> None:
+        """Export ``read()`` (asked at scrape time) as the function's adaptive limit;
+        None drops the series (the function was removed or changed)."""
+        if read is not None:
+            self.function_concurrency_limit.labels(function).set_function(read)
+        else:
+            with contextlib.suppress(KeyError):
+                self.function_concurrency_limit.remove(function)
 
     def forget(self, name: str) -> None:
         """Drop a removed trigger's series."""

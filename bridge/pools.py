@@ -3,20 +3,29 @@
 A :class:`Pool` knows a function's endpoints and picks the one with the fewest
 outstanding requests. A :class:`Target` wraps a pool with the platform team's
 per-function quota (``max_concurrency``, shared by every trigger of the function), any
-further limits on top of it (:mod:`bridge.limits`: a team quota's share, an adaptive
-limit) and the hybrid overflow: when no in-cluster capacity is available within
-``after``, the invocation goes to the overflow URL instead of waiting.
+further limits on top of it (:mod:`bridge.limits`: the adaptive limit, a team quota's
+share) and the hybrid overflow: when no in-cluster capacity is available within
+``after``, the invocation goes to the overflow URL instead of waiting. The adaptive
+limit (``concurrency.adaptive``) is moved by :mod:`bridge.adaptive` from the outcomes
+handed back with :meth:`Target.release`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import operator
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bridge.adaptive import AdaptiveLimit
+from bridge.config import AdaptiveConcurrency
 from bridge.limits import Limit, acquire_all, release_all
+from bridge.outcome import Outcome
+
+#: Answers that say "too many at once" to the adaptive limit (a timeout says it too).
+OVERLOAD_STATUSES = frozenset({429, 503})
 
 
 class NoEndpoints(Exception):
@@ -121,9 +130,11 @@ class Target:
     """One function as the invoker sees it.
 
     An attempt holds one slot of every limit in :attr:`chain`, taken in order: the
-    function's own (:attr:`limit`, from ``max_concurrency``) first, then ``limits``
-    (shared ones, such as a team quota's share, come after the function's own so a
-    function at its own limit never holds a shared slot while it waits).
+    function's own (:attr:`limit`, from ``max_concurrency``) first, then its adaptive
+    limit (``adaptive``; its ceiling follows :attr:`limit`'s capacity, so the quota
+    stays the hard cap), then ``limits`` (shared ones, such as a team quota's share,
+    come after the function's own so a function at its own limit never holds a shared
+    slot while it waits).
     """
 
     name: str
@@ -136,12 +147,29 @@ class Target:
     #: The function's own limit: given (a cluster-wide quota's share, bridge.quotas),
     #: else made from ``max_concurrency``.
     limit: Limit | None = None
+    #: ``concurrency.adaptive``: a limit moved by the answers, after the function's own.
+    adaptive: AdaptiveConcurrency | None = None
     chain: tuple[Limit, ...] = field(default=(), init=False)
+    _adaptive: AdaptiveLimit | None = field(default=None, init=False)
+    _adaptive_slots: Limit | None = field(default=None, init=False)
+    _ceiling: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.limit is None and self.max_concurrency is not None:
             self.limit = Limit(self.max_concurrency)
-        self.chain = ((self.limit,) if self.limit else ()) + tuple(self.limits)
+        own: tuple[Limit, ...] = (self.limit,) if self.limit else ()
+        if self.adaptive is not None:
+            self._ceiling = self.limit.capacity if self.limit else None
+            self._adaptive = AdaptiveLimit(self.adaptive.min, self.adaptive.max,
+                                           ceiling=self._ceiling)
+            self._adaptive_slots = Limit(self._adaptive.limit)
+            own += (self._adaptive_slots,)
+        self.chain = own + tuple(self.limits)
+
+    @property
+    def concurrency_limit(self) -> int | None:
+        """The adaptive limit now (None without ``concurrency.adaptive``)."""
+        return None if self._adaptive_slots is None else self._adaptive_slots.capacity
 
     async def acquire(self) -> Route:
         """A quota slot and an endpoint (or the overflow URL) for one attempt.
@@ -160,10 +188,31 @@ class Target:
         endpoint.outstanding += 1
         return Route(endpoint.url, endpoint=endpoint)
 
-    def release(self, route: Route) -> None:
+    def release(self, route: Route, outcome: Outcome | None = None) -> None:
+        """Hand back what :meth:`acquire` gave, with the attempt's outcome (None: it was
+        cancelled) for the adaptive limit."""
         if route.endpoint is not None:
             route.endpoint.outstanding -= 1
+            if outcome is not None and self._adaptive is not None:
+                self._adapt(outcome)
             self._release_slot()
+
+    def _adapt(self, outcome: Outcome) -> None:
+        """Feed one in-cluster answer to the adaptive limit; resize on a change."""
+        adaptive, slots = self._adaptive, self._adaptive_slots
+        assert adaptive is not None
+        assert slots is not None
+        limit = slots.capacity
+        ceiling = self.limit.capacity if self.limit else None
+        if ceiling != self._ceiling:  # the quota's share moved (BRIDGE_CLUSTER_QUOTAS)
+            self._ceiling = ceiling
+            limit = adaptive.set_ceiling(ceiling)
+        if outcome.ok:
+            limit = adaptive.delivered(time.monotonic(), outcome.duration, slots.in_use)
+        elif outcome.status in OVERLOAD_STATUSES or outcome.reason == "timeout":
+            limit = adaptive.overloaded(time.monotonic(), outcome.duration, slots.in_use)
+        if limit != slots.capacity:
+            slots.set_capacity(limit)
 
     def _release_slot(self) -> None:
         if self.chain:

@@ -531,8 +531,15 @@ class Runtime:
                 headers=function.headers,
                 overflow_url=function.overflow.url if function.overflow else None,
                 overflow_after=function.overflow.after if function.overflow else 0.25,
+                adaptive=function.adaptive,
             )
+            self._export_limit(name, self._targets[name])
         return self._targets[name]
+
+    def _export_limit(self, name: str, target: Target) -> None:
+        """``bridge_function_concurrency_limit{function}``, read at scrape time."""
+        if target.concurrency_limit is not None:
+            self.metrics.function_limit(name, lambda: target.concurrency_limit or 0)
 
     def _pool(self, name: str, function: FunctionConfig) -> Pool:
         """A static pool, or a Kubernetes one whose endpoint watch runs supervised."""
@@ -554,6 +561,7 @@ class Runtime:
         self.quotas.drop("function", name)
         target = self._targets.pop(name, None)
         if target is not None:
+            self.metrics.function_limit(name, None)
             await close_quietly(target.close, timeout=_STOP_TIMEOUT)
 
     async def _sink(self, config: SinkConfig, trigger: ResolvedTrigger) -> tuple[str, Sink]:

@@ -283,8 +283,8 @@ CRD_HEADER = """\
 
 _FUNCTION_DESCRIPTION = (
     "The name of a function in the config file (a string), or an inline function: "
-    "{url | urls | kubernetes: {service, namespace, port, path}, max_concurrency, timeout, "
-    "overflow: {url, after}, headers}."
+    "{url | urls | kubernetes: {service, namespace, port, path}, max_concurrency, "
+    "concurrency: {adaptive: {min, max}}, timeout, overflow: {url, after}, headers}."
 )
 
 _STATUS = {

@@ -36,6 +36,7 @@ from bridge.config.fields import (
     secrets_of,
 )
 from bridge.config.functions import (
+    AdaptiveConcurrency,
     FunctionConfig,
     KubernetesTarget,
     OverflowConfig,
@@ -79,6 +80,7 @@ from bridge.config.triggers import (
 __all__ = [
     "NAME_MAX",
     "SOURCE_KINDS",
+    "AdaptiveConcurrency",
     "AmqpUrl",
     "BridgeConfig",
     "ConfigError",

@@ -1,5 +1,6 @@
 """The functions triggers invoke: a static URL (or several), or a Kubernetes Service;
-an optional overflow URL; the per-function quota, timeout and static headers.
+an optional overflow URL; the per-function quota, adaptive concurrency, timeout and
+static headers.
 
 Static headers follow :mod:`bridge.headers`: a valid name that the bridge does not
 write itself, and a value without control characters.
@@ -85,6 +86,24 @@ class QuotaConfig(Strict):
     max_concurrency: int = Field(ge=1)
 
 
+class AdaptiveConcurrency(Strict):
+    """``concurrency.adaptive``: the bridge finds the function's capacity between these
+    (:mod:`bridge.adaptive`); ``max_concurrency`` stays the hard cap above them."""
+
+    min: int = Field(1, ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveConcurrency:
+        if self.min > self.max:
+            raise FieldError("min", f"must be at most max ({self.max}), got {self.min}")
+        return self
+
+
+class ConcurrencyConfig(Strict):
+    adaptive: AdaptiveConcurrency
+
+
 class FunctionConfig(Strict):
     url: HttpUrl | None = None
     urls: list[HttpUrl] | None = Field(None, min_length=1)
@@ -95,6 +114,8 @@ class FunctionConfig(Strict):
     #: A team quota of the ``quotas:`` section this function counts against, on top of
     #: its own ``max_concurrency``.
     quota: Name | None = None
+    #: How many invocations at once within the quota (``adaptive``: found by the bridge).
+    concurrency: ConcurrencyConfig | None = None
     timeout: Timeout | None = None
     overflow: OverflowConfig | None = None
     #: Static headers added to every request (e.g. an auth token from ``${ENV}``).
@@ -111,6 +132,20 @@ class FunctionConfig(Strict):
     def _one_target(self) -> FunctionConfig:
         require_exactly_one(self, ("url", "urls", "kubernetes"), "target")
         return self
+
+    @model_validator(mode="after")
+    def _adaptive_within_quota(self) -> FunctionConfig:
+        adaptive = self.adaptive
+        if adaptive and self.max_concurrency and adaptive.max > self.max_concurrency:
+            raise FieldError(
+                "concurrency.adaptive.max",
+                f"must be at most max_concurrency ({self.max_concurrency}), got {adaptive.max}",
+            )
+        return self
+
+    @property
+    def adaptive(self) -> AdaptiveConcurrency | None:
+        return self.concurrency.adaptive if self.concurrency else None
 
     @property
     def static_urls(self) -> list[str]:

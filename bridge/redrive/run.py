@@ -298,6 +298,7 @@ class Redrive:
                 headers=function.headers,
                 overflow_url=function.overflow.url if function.overflow else None,
                 overflow_after=function.overflow.after if function.overflow else 0.25,
+                adaptive=function.adaptive,
             )
         return self._targets[name]
 

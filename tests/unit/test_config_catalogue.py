@@ -340,6 +340,25 @@ CATALOGUE: list[Any] = [
         "must be at least 1, got 0", id="max-concurrency-zero",
     ),
     pytest.param(
+        function("url: 'http://a/', concurrency: {adaptive: {min: 8, max: 4}}"),
+        "functions.f.concurrency.adaptive.min: ", "must be at most max (4), got 8",
+        id="adaptive-min-above-max",
+    ),
+    pytest.param(
+        function("url: 'http://a/', max_concurrency: 16, concurrency: {adaptive: {max: 64}}"),
+        "functions.f.concurrency.adaptive.max: ", "must be at most max_concurrency (16), got 64",
+        id="adaptive-max-above-quota",
+    ),
+    pytest.param(
+        function("url: 'http://a/', concurrency: {adaptive: {min: 0, max: 4}}"),
+        "functions.f.concurrency.adaptive.min: ", "must be at least 1, got 0",
+        id="adaptive-min-zero",
+    ),
+    pytest.param(
+        function("url: 'http://a/', concurrency: {adaptive: {min: 2}}"),
+        "functions.f.concurrency.adaptive.max: ", "required", id="adaptive-without-max",
+    ),
+    pytest.param(
         function("url: 'http://a/', overflow: {url: fallback}"), "functions.f.overflow.url: ",
         "expected an http:// or https:// URL", id="overflow-url-not-http",
     ),
@@ -741,5 +760,7 @@ def _set(tree: Any, path: tuple[Any, ...], value: Any) -> None:
             node = node[part]
         except (KeyError, IndexError, TypeError):
             return
-    if isinstance(node, dict) or (isinstance(node, list) and path[-1] < len(node)):
+    if isinstance(node, dict) or (
+        isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node)
+    ):
         node[path[-1]] = value
