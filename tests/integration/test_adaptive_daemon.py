@@ -79,7 +79,7 @@ async def test_the_limit_follows_the_capacity_within_min_max_and_the_quota(
     tmp_path: Path,
 ) -> None:
     """Capacity 16 (above the quota), then 2, then 16 again: the limit climbs to the
-    quota, falls to the new capacity under 429s, climbs back; it never leaves
+    quota, falls to the new capacity under 429s, climbs back near it; it never leaves
     [min, max] and the function never sees more than max_concurrency at once.
     (Not asserted: that it stays at the top. On a loaded machine a 20 ms function's
     latency jitters by more than the tolerance now and then, and the limit dips.)"""
@@ -108,7 +108,7 @@ async def test_the_limit_follows_the_capacity_within_min_max_and_the_quota(
                 refused = sum(1 for r in function.call("GET", "/stats")["records"]
                               if r[3] == 429)
                 function.set_capacity(16)
-                await eventually(lambda: limit() == MAX, what="the limit to climb back",
+                await eventually(lambda: (limit() or 0) >= MAX - 2, what="the limit to climb back",
                                  timeout=30)
                 for _ in range(20):  # a while longer: still within bounds
                     limit()
