@@ -18,7 +18,7 @@ COPY connectors ./connectors
 # The Kafka codecs (snappy, lz4, zstd through cramjam) are dependencies; the build fails
 # if any of them cannot be read, rather than an image that stalls on compressed records.
 RUN /opt/venv/bin/python -m pip install --upgrade pip \
-    && /opt/venv/bin/python -m pip install . \
+    && /opt/venv/bin/python -m pip install '.[speedups]' \
     && /opt/venv/bin/trigger-bridge --version \
     && /opt/venv/bin/python -c "from aiokafka import codec; \
 assert codec.has_gzip() and codec.has_snappy() and codec.has_lz4() and codec.has_zstd()"

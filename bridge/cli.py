@@ -129,6 +129,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bridge import eventloop
     from bridge.daemon import serve
     from bridge.logs import configure
 
@@ -136,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     path, config = _config(args.config, settings)
     configure(settings.log_format, settings.log_level)
     try:
-        return asyncio.run(serve(config, settings, path))
+        return eventloop.run(serve(config, settings, path), settings.uvloop)
     except ConfigError as err:  # a trigger whose settings its connector or sink refused
         raise _UsageError([str(p) for p in err.problems]) from None
 

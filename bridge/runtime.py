@@ -65,6 +65,7 @@ from bridge.config import (
 from bridge.deadletter import Sink, SinkRefused, sink_key
 from bridge.dispatcher import Dispatcher
 from bridge.errors import describe
+from bridge.eventloop import loop_name
 from bridge.invoker import Invoker
 from bridge.leadership import AlwaysLeader, Leadership
 from bridge.logs import Logger, get_logger, redact
@@ -225,7 +226,8 @@ class Runtime:
         self._service_tasks = [self._supervisor.spawn(s.name, s.run) for s in self._services]
         self._starting = False
         self.log.info(
-            "trigger-bridge started", triggers=len(self.triggers), admin_port=self.admin.port
+            "trigger-bridge started", triggers=len(self.triggers), admin_port=self.admin.port,
+            event_loop=loop_name(),
         )
 
     async def shutdown(self) -> None:

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drain_timeout: Annotated[float, BeforeValidator(parse_duration)] = 25.0
+    #: Run on uvloop when it is installed (the ``speedups`` extra); false: asyncio's loop.
+    uvloop: bool = True
     #: Identity used in leases and logs (the pod name in Kubernetes).
     instance: str | None = None
 
