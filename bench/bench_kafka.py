@@ -450,12 +450,12 @@ triggers:
     return path
 
 
-def start_bridge(config: Path) -> Contender:
+def start_bridge(config: Path, env: dict[str, str] | None = None) -> Contender:
     admin = free_port()
     contender = Contender(
         [sys.executable, "-m", "bridge", "run", "--config", str(config)],
         env={"BRIDGE_ADMIN_PORT": str(admin), "BRIDGE_ADMIN_HOST": "127.0.0.1",
-             "BRIDGE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)},
+             "BRIDGE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT), **(env or {})},
     )
     contender.admin = admin  # type: ignore[attr-defined]
     return contender
@@ -520,11 +520,15 @@ async def throughput(args: argparse.Namespace, broker: Broker, workdir: Path) ->
         function.stop()
     median = {label: statistics.median(rates) for label, rates in figures.items()}
     ratios = {}
-    for base, name in (("baseline", "ratio"), ("pipelined", "ratio_pipelined")):
-        for ordering in ("none", "key"):
-            if base in median and f"bridge_{ordering}" in median:
-                ratios[f"{name}_{ordering}"] = round(
-                    median[f"bridge_{ordering}"] / median[base], 3)
+    bases = (("baseline", "ratio"), ("pipelined", "ratio_pipelined"),
+             ("pipelined_uvloop", "ratio_pipelined_uvloop"))
+    for base, name in bases:
+        for bridge in ("bridge", "bridge_asyncio"):
+            for ordering in ("none", "key"):
+                label = f"{bridge}_{ordering}"
+                if base in median and label in median:
+                    key = f"{name}_{ordering}" if bridge == "bridge" else f"{name}_{label}"
+                    ratios[key] = round(median[label] / median[base], 3)
     if "baseline" in median and "pipelined" in median:
         ratios["pipelined_over_batch_loop"] = round(median["pipelined"] / median["baseline"], 3)
     emit(scenario="throughput", summary=True, rounds=args.repeat,
@@ -535,12 +539,15 @@ async def throughput(args: argparse.Namespace, broker: Broker, workdir: Path) ->
 
 
 #: Throughput contenders in round order: (process, ordering).
-CONTENDERS = [("baseline", "none"), ("pipelined", "none"), ("bridge", "none"),
-              ("bridge", "key")]
+CONTENDERS = [("baseline", "none"), ("pipelined", "none"), ("pipelined_uvloop", "none"),
+              ("bridge", "none"), ("bridge", "key"), ("bridge_asyncio", "none"),
+              ("bridge_asyncio", "key")]
+#: Run by default (the others on request: --contenders).
+DEFAULT_CONTENDERS = {"baseline", "pipelined", "bridge_none", "bridge_key"}
 
 
 def _label(name: str, ordering: str) -> str:
-    return f"bridge_{ordering}" if name == "bridge" else name
+    return f"{name}_{ordering}" if name.startswith("bridge") else name
 
 
 async def _drain(
@@ -551,13 +558,14 @@ async def _drain(
     its life, CPU seconds per record while records flowed: start-up and group join left
     out)."""
     await function.reset(session)
-    if name in ("baseline", "pipelined"):
+    if name in ("baseline", "pipelined", "pipelined_uvloop"):
         contender = start_baseline(broker.bootstrap, topic, function.url, args.concurrency,
                                    name)
-    else:
+    else:  # bridge (its default loop: uvloop when installed) or bridge_asyncio
         contender = start_bridge(bridge_config(
             broker.bootstrap, topic, function.url, ordering,
-            concurrency=args.concurrency, workdir=workdir))
+            concurrency=args.concurrency, workdir=workdir),
+            env={"BRIDGE_UVLOOP": "false"} if name == "bridge_asyncio" else None)
     profiler = None
     try:
         first = await function.wait_count(session, 1, args.timeout)
@@ -697,8 +705,11 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-function":
         serve_function(int(sys.argv[2]), float(sys.argv[3]))
         return
-    if len(sys.argv) > 1 and sys.argv[1] in ("--baseline", "--pipelined"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("--baseline", "--pipelined", "--pipelined_uvloop"):
         bootstrap, topic, group, url, concurrency = sys.argv[2:7]
+        if sys.argv[1] == "--pipelined_uvloop":
+            import uvloop
+            uvloop.install()
         loop = run_baseline if sys.argv[1] == "--baseline" else run_pipelined
         loop(bootstrap, topic, group, url, int(concurrency))
         return
@@ -725,9 +736,12 @@ def main() -> None:
                         help="profile each throughput drain with py-spy into DIR")
     parser.add_argument(
         "--contenders", type=lambda text: set(text.split(",")),
-        default={_label(*c) for c in CONTENDERS},
-        help="throughput contenders, comma-separated (default: all): baseline (the batch "
-        "loop), pipelined, bridge_none, bridge_key")
+        default=DEFAULT_CONTENDERS,
+        help="throughput contenders, comma-separated (default: baseline, pipelined, "
+        "bridge_none, bridge_key): baseline (the batch loop), pipelined, pipelined_uvloop "
+        "(the pipelined loop on uvloop), bridge_none, bridge_key (the daemon on its "
+        "default loop: uvloop when installed), bridge_asyncio_none, bridge_asyncio_key "
+        "(BRIDGE_UVLOOP=false)")
     args = parser.parse_args()
     if args.callgrind:
         Contender.callgrind = Path(args.callgrind).resolve()

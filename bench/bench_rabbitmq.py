@@ -217,6 +217,8 @@ def start_contender(name: str, queue: str, function: Function, prefetch: int,
     }))
     env = {**os.environ, "BRIDGE_ADMIN_PORT": str(free_port()), "BRIDGE_ADMIN_HOST": "127.0.0.1",
            "BRIDGE_LOG_LEVEL": "warning"}
+    if name == "bridge_asyncio":  # the daemon on asyncio's loop even with uvloop installed
+        env["BRIDGE_UVLOOP"] = "false"
     return subprocess.Popen(
         [sys.executable, "-m", "bridge", "run", "--config", str(config)], env=env, cwd=ROOT)
 
@@ -310,15 +312,17 @@ async def latency(name: str, args: argparse.Namespace, function: Function,
 async def drive(args: argparse.Namespace) -> None:
     connection = await aio_pika.connect(BROKER)
     channel = await connection.channel()
-    rates: dict[str, list[float]] = {"baseline": [], "bridge": []}
+    contenders = ["baseline", "bridge", *(["bridge_asyncio"] if args.with_asyncio else [])]
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
     ratios: list[float] = []
+    asyncio_ratios: list[float] = []
     lat: dict[str, dict[str, float]] = {}
     with Function() as function, tempfile.TemporaryDirectory() as tmp:
         await function.wait_up()
         for round_ in range(args.rounds):
             # Each round runs both back to back (alternating who goes first), so a round's
             # ratio compares runs under about the same machine load.
-            order = ("baseline", "bridge") if round_ % 2 == 0 else ("bridge", "baseline")
+            order = contenders if round_ % 2 == 0 else contenders[::-1]
             run = {}
             for name in order:
                 run[name] = await throughput(name, args, function, channel, Path(tmp))
@@ -329,6 +333,9 @@ async def drive(args: argparse.Namespace) -> None:
                      per_second=round(run[name]["per_second"], 1),
                      cpu_per_message_us=round(run[name]["cpu_us"], 1))
             ratios.append(run["bridge"]["per_second"] / run["baseline"]["per_second"])
+            if args.with_asyncio:
+                asyncio_ratios.append(
+                    run["bridge_asyncio"]["per_second"] / run["baseline"]["per_second"])
         samples: dict[str, list[dict[str, float]]] = {"baseline": [], "bridge": []}
         for round_ in range(args.latency_rounds):
             for name in ("baseline", "bridge") if round_ % 2 == 0 else ("bridge", "baseline"):
@@ -357,7 +364,9 @@ async def drive(args: argparse.Namespace) -> None:
          ratio_median_of_rounds=round(statistics.median(ratios), 3),
          ratio_of_medians=round(
              statistics.median(rates["bridge"]) / statistics.median(rates["baseline"]), 3),
-         target=0.95, **latency_figures)
+         target=0.95, **latency_figures, **({} if not asyncio_ratios else {
+             "asyncio_ratio_per_round": [round(r, 3) for r in asyncio_ratios],
+             "asyncio_ratio_median_of_rounds": round(statistics.median(asyncio_ratios), 3)}))
 
 
 def main() -> None:
@@ -371,6 +380,8 @@ def main() -> None:
     parser.add_argument("--latency-rounds", type=int, default=3,
                         help="latency runs per contender (the median is reported)")
     parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--with-asyncio", action="store_true",
+                        help="a third contender each round: the bridge with BRIDGE_UVLOOP=false")
     parser.add_argument("--py-spy", metavar="DIR",
                         help="profile each throughput drain with py-spy into DIR")
     parser.add_argument("--role", choices=("driver", "function", "baseline"), default="driver")
