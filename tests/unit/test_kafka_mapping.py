@@ -262,3 +262,8 @@ def test_dead_letter_of_a_malformed_message_keeps_its_headers() -> None:
     assert [n for n, _ in written[len(headers):]] == [
         n for n, _ in dead_letter(event, "invalid_message").bridge_headers()
     ]
+
+
+def test_the_value_is_the_body_without_a_copy() -> None:
+    value = bytes(4096)
+    assert event_of(record(value=value)).data is value

@@ -264,3 +264,8 @@ def test_dead_letter_message() -> None:
     assert "bridge-key" not in dead_letter_message(DeadLetter(
         trigger="t", function="f", error="e", error_detail="", attempts=1, last_status=None,
         source="s", body=b"")).headers
+
+
+def test_the_body_is_the_data_without_a_copy() -> None:
+    message = delivery(body=bytes(4096))
+    assert mapped(message).data is message.body
