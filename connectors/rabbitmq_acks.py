@@ -28,6 +28,12 @@ class AckBatcher:
     delivery order, which is what lets the run be computed from ``_through`` alone.
     One flush at a time (a lock), so a multiple ack never overtakes an earlier frame:
     its own tag is always still unacked (the broker closes the channel otherwise).
+
+    A flush queues all its frames to the connection's writer back to back and waits
+    for the last one to be written only (the writer sends frames in order, so the last
+    written means all were): one write round trip per flush, however many frames.
+    Waiting for each frame in turn made a flush of k one-by-one acks take k loop passes
+    while holding the lock (docs/benchmarks.md, *RabbitMQ*).
     """
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
@@ -73,12 +79,17 @@ class AckBatcher:
             while self._through + 1 in self._settled:
                 self._through += 1
                 self._settled.discard(self._through)
+            covered = [tag for tag in pending if tag <= self._through]
+            frames = [(max(covered), True)] if covered else []
+            frames += [(tag, False) for tag in sorted(pending) if tag > self._through]
             try:
-                covered = [tag for tag in pending if tag <= self._through]
-                if covered:
-                    await self.channel.basic_ack(delivery_tag=max(covered), multiple=True)
-                for tag in sorted(tag for tag in pending if tag > self._through):
-                    await self.channel.basic_ack(delivery_tag=tag)
+                # Queued in order, one write round trip for all: the connection's writer
+                # sends its frames in order, so the last one written means all were.
+                for tag, multiple in frames[:-1]:
+                    await self.channel.basic_ack(delivery_tag=tag, multiple=multiple,
+                                                 wait=False)
+                tag, multiple = frames[-1]
+                await self.channel.basic_ack(delivery_tag=tag, multiple=multiple)
             except Exception as err:
                 raise AckError(len(pending), err) from err
 

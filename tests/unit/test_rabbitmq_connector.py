@@ -35,11 +35,17 @@ class RecordingChannel:
         self.is_closed = closed
         self.failing = failing
         self.sent: list[tuple[str, int, bool]] = []
+        #: Frames whose write the sender waited for (each costs a loop pass or more).
+        self.writes_waited = 0
 
-    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False,
+                        wait: bool = True) -> None:
         if self.failing:
             raise amqp_errors.ChannelInvalidStateError("closed")
         self.sent.append(("ack", delivery_tag, multiple))
+        if wait:  # as aiormq: the connection's writer task writes it on a later pass
+            self.writes_waited += 1
+            await asyncio.sleep(0)
 
     async def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
         self.sent.append(("reject" if not requeue else "requeue", delivery_tag, False))
@@ -118,6 +124,18 @@ async def test_acks_of_one_loop_iteration_are_coalesced() -> None:
         ("ack", 2, False), ("ack", 3, False), ("reject", 4, False),
         ("ack", 6, True), ("ack", 8, False), ("ack", 7, True),
     ]
+
+
+async def test_a_flush_waits_for_one_write_however_many_frames_it_sends() -> None:
+    rabbit, _ = connector()
+    channel = RecordingChannel()
+    events = await take(rabbit, [message_on(channel, tag) for tag in range(1, 22)])
+    # 1 is still out: 2..21 settle in one pass and go one by one, in order.
+    await asyncio.gather(*(e.settle(Disposition.DELIVERED) for e in events[1:]))
+    assert channel.sent == [("ack", tag, False) for tag in range(2, 22)]
+    assert channel.writes_waited == 1, "one write round trip for the flush, not one per ack"
+    await events[0].settle(Disposition.DELIVERED)
+    assert channel.sent[-1] == ("ack", 1, True)  # 2..21 are acked already
 
 
 async def test_settling_a_delivery_of_a_dead_channel_is_logged_not_raised() -> None:
