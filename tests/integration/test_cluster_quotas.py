@@ -116,6 +116,7 @@ async def test_three_replicas_share_the_quota_and_survivors_take_a_killed_ones_s
         survivors = replicas[:2]
         moved = await wait(lambda: [share(r) for r in survivors] == [3, 3], 10)
         assert moved - killed_at <= LEASE_DURATION + 2 * RETRY + 0.5, moved - killed_at
+        print(f"shares moved {moved - killed_at:.2f} s after the kill")
         await asyncio.sleep(4)
         after = [n for t, n in fn.in_flight_history if t >= moved + CALL]
         assert max(after) == QUOTA  # the two survivors use the whole quota between them
@@ -127,6 +128,8 @@ async def test_three_replicas_share_the_quota_and_survivors_take_a_killed_ones_s
     per_replica = math.ceil(QUOTA / 2)
     assert fn.max_in_flight <= QUOTA + per_replica, fn.max_in_flight
     start = changes[0]
+    print(f"max in flight {fn.max_in_flight} (quota {QUOTA}); above the quota: "
+          f"{[(round(t - changes[0], 2), n) for t, n in over]}")
     assert outside_changes(over, changes) == [], (
         [(round(t - start, 2), n) for t, n in over], [round(c - start, 2) for c in changes])
     assert any(e.get("event") == "quota shares rebalanced" for e in survivors[0].logs())
