@@ -76,11 +76,13 @@ def share(bridge: BridgeProcess, kind: str = "function", name: str = "fn") -> fl
 
 
 async def wait(predicate: object, timeout: float) -> float:
-    """Wait until ``predicate()`` holds; the monotonic time it did."""
+    """Wait until ``predicate()`` holds (run in a thread: it reads the daemons' metrics,
+    which must not block the loop the function and the emulator run in); the
+    monotonic time it did."""
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not await asyncio.to_thread(predicate):  # type: ignore[arg-type]
         assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
     return time.monotonic()
 
 

@@ -30,6 +30,7 @@ from tests.support.functions import RecordingFunction
 from tests.support.kube_api import KubeApi
 
 LEASES = "leases.coordination.k8s.io"
+NAMES = ("replica-a", "replica-b", "replica-c")
 TRIGGERS, SHARDS = 200, 12
 LEASE_DURATION, RETRY = 3.0, 0.5
 
@@ -71,15 +72,24 @@ def holders(api: KubeApi, identity: str) -> set[str]:
             and (lease.get("spec") or {}).get("holderIdentity") == identity}
 
 
+def split(api: KubeApi, *identities: str) -> list[int]:
+    """How many shard Leases each of ``identities`` holds."""
+    return [len(holders(api, identity)) for identity in identities]
+
+
 def held(bridge: BridgeProcess) -> int:
+    """The shards a replica leads (its bridge_cron_leader gauges)."""
     return round(bridge.metric("bridge_cron_leader"))
 
 
 async def wait(predicate: object, timeout: float, *bridges: BridgeProcess) -> float:
+    """Wait for ``predicate`` (over the emulator's state: no call that would block the
+    event loop the emulator and the function share)."""
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, diagnosis(bridges)
-        await asyncio.sleep(0.05)
+        if time.monotonic() > deadline:
+            raise AssertionError(await asyncio.to_thread(diagnosis, bridges))
+        await asyncio.sleep(0.1)
     return time.monotonic()
 
 
@@ -92,7 +102,9 @@ def diagnosis(bridges: tuple[BridgeProcess, ...]) -> str:
         events = [e for e in bridge.logs() if e.get("event") in (
             "cluster members changed", "cron leadership acquired", "cron leadership lost",
             "member entry not renewed within the renew deadline; taking no share until it is")]
-        lines.append(f"{bridge.env.get('BRIDGE_INSTANCE')}: held {held(bridge)}, "
+        dump = bridge.config_path.with_suffix(".log")
+        dump.write_text("\n".join(bridge.log_lines))
+        lines.append(f"{bridge.env.get('BRIDGE_INSTANCE')}: log {dump}, held {held(bridge)}, "
                      f"{len(events)} membership/leadership events, last: "
                      f"{[(e.get('event'), e.get('members'), e.get('lease')) for e in events[-4:]]}")
     return "\n".join(lines)
@@ -129,7 +141,8 @@ async def test_shards_spread_move_on_sigkill_and_rebalance_without_a_double_fire
         try:
             for bridge in (a, b, c):
                 await bridge.start()
-            await wait(lambda: [held(r) for r in (a, b, c)] == [4, 4, 4], 45, a, b, c)
+            await wait(lambda: split(api, *NAMES) == [4, 4, 4], 45, a, b, c)
+            assert [held(r) for r in (a, b, c)] == [4, 4, 4]
             all_three = datetime.now(UTC)
             await asyncio.sleep(5)
 
@@ -146,14 +159,14 @@ async def test_shards_spread_move_on_sigkill_and_rebalance_without_a_double_fire
             # the survivors' own split may move shards between them too (hand back:
             # two more rounds, then taken at the next round; each survivor sees the kill
             # at its own round): reported, bounded only by the wait
-            balanced = await wait(lambda: [held(r) for r in (a, b)] == [6, 6], 20, a, b)
+            balanced = await wait(lambda: split(api, *NAMES[:2]) == [6, 6], 20, a, b)
             print(f"shards of the killed replica moved after {moved - killed_at:.2f} s, "
                   f"survivors balanced after {balanced - killed_at:.2f} s")
             await asyncio.sleep(4)
 
             back = datetime.now(UTC)
             await c2.start()
-            await wait(lambda: [held(r) for r in (a, b, c2)] == [4, 4, 4], 30, a, b, c2)
+            await wait(lambda: split(api, *NAMES) == [4, 4, 4], 30, a, b, c2)
             await asyncio.sleep(4)
             end = datetime.now(UTC)
             for bridge in (a, b, c2):
@@ -193,15 +206,16 @@ async def test_replicas_disagreeing_on_the_shard_count_never_double_fire(
         new = BridgeProcess(text, tmp_path, env(api, tmp_path, "replica-new", shards=8))
         try:
             await old.start()
-            await wait(lambda: held(old) == 4, 15)
+            await wait(lambda: split(api, "replica-old") == [4], 15, old)
             await new.start()
             both = datetime.now(UTC)
-            await wait(lambda: held(old) == 0, 5)
+            await wait(lambda: split(api, "replica-old") == [0], 5, old, new)
             await asyncio.sleep(3)
             assert held(new) == 0
+            assert split(api, "replica-new") == [0]
             old_left = datetime.now(UTC)
             assert await old.terminate() == 0
-            await wait(lambda: held(new) == 8, 10)
+            await wait(lambda: split(api, "replica-new") == [8], 10, new)
             resumed = datetime.now(UTC)
             await asyncio.sleep(5)
             end = datetime.now(UTC)
