@@ -82,7 +82,8 @@ class TriggerStats:
     replying: bool = False
     replies: int = 0
     reply_failures: int = 0
-    #: Asked at scrape time for ``bridge_connector_ready`` (None: no running connector).
+    #: Asked at scrape time for ``bridge_connector_ready``. None: no running connector
+    #: (stopped, or the trigger could not be built), exported as 0.
     readiness: Callable[[], bool] | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     settled: dict[str, int] = field(default_factory=dict)

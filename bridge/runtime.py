@@ -342,6 +342,8 @@ class Runtime:
             await self.stop_trigger(name)
             if name not in wanted:
                 self.metrics.forget(name)  # removed: its series go too
+        for name in [n for n in self.failures if n not in wanted]:
+            self.metrics.forget(name)  # a removed trigger that never ran: its series go too
         self.failures = {n: f for n, f in self.failures.items() if wanted.get(n) == f.trigger}
         for name in [f for f, fn in self._functions.items() if config.functions.get(f) != fn]:
             # Changed or removed function: its triggers were stopped above; rebuild it.
@@ -355,6 +357,8 @@ class Runtime:
             except Exception as err:
                 failure = BuildFailure(resolved, _build_error(resolved, err))
                 self.failures[name] = failure
+                # Its series exist and read not ready (bridge_connector_ready 0).
+                self.metrics.trigger(name, resolved.function_name).readiness = None
                 self.log.error("trigger cannot be started; the others go on", trigger=name,
                                error=failure.reason)
         await self._close_unused_sinks()

@@ -28,7 +28,10 @@ class BridgeProcess:
     def __init__(
         self, config: str, workdir: Path, env: dict[str, str] | None = None,
         drain_timeout: str = "10s", wait_ready: bool = False,
+        *, launcher: tuple[str, ...] = ("-m", "bridge"),
     ) -> None:
+        """``launcher``: what follows the interpreter, before ``run --config FILE``
+        (``("-c", code)`` runs the real CLI after registering a test connector)."""
         self.config_path = workdir / f"bridge-{id(self)}.yaml"
         self.config_path.write_text(config)
         self.admin_port = free_port()
@@ -42,6 +45,7 @@ class BridgeProcess:
             **(env or {}),
         }
         self.wait_ready = wait_ready
+        self.launcher = launcher
         self.process: asyncio.subprocess.Process | None = None
         self.log_lines: list[str] = []
         self._reader: asyncio.Task[None] | None = None
@@ -65,7 +69,7 @@ class BridgeProcess:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "run", "--config", str(self.config_path),
+            sys.executable, *self.launcher, "run", "--config", str(self.config_path),
             env=self.env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         self._reader = asyncio.create_task(self._read_logs())
