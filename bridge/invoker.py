@@ -34,6 +34,7 @@ from bridge.cloudevents import CORE, is_attribute_name
 from bridge.deadlines import Deadlines
 from bridge.events import Event, format_time
 from bridge.headers import is_header_name, is_reserved
+from bridge.logs import Redactor
 from bridge.outcome import (
     DEFAULT_RETRYABLE_STATUSES,
     Answer,
@@ -182,7 +183,7 @@ class Invoker:
                                       overflow=route.overflow, answer=answer)
                 else:
                     outcome = await _error_status_outcome(
-                        response, retryable, started, route.overflow)
+                        response, retryable, started, route.overflow, target.redact)
                 return outcome
         except asyncio.CancelledError:
             if expiry is None or not deadlines.expired(expiry):
@@ -191,12 +192,14 @@ class Invoker:
         except TimeoutError:
             outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
         except aiohttp.ClientConnectorError as err:
-            outcome = _failed("connect_error", _short(err), started, route.overflow)
+            outcome = _failed("connect_error", target.redact(_short(err)), started,
+                              route.overflow)
         except (aiohttp.ClientError, OSError) as err:
-            outcome = _failed("connection_error", _short(err), started, route.overflow)
+            outcome = _failed("connection_error", target.redact(_short(err)), started,
+                              route.overflow)
         except ValueError as err:  # a request that cannot be sent; sending again won't help
-            outcome = _failed("invalid_request", _short(err), started, route.overflow,
-                              OutcomeKind.PERMANENT)
+            outcome = _failed("invalid_request", target.redact(_short(err)), started,
+                              route.overflow, OutcomeKind.PERMANENT)
         finally:
             if expiry is not None:
                 deadlines.finish(expiry)
@@ -212,14 +215,16 @@ def _failed(reason: str, detail: str, started: float, overflow: bool,
 
 
 async def _error_status_outcome(
-    response: aiohttp.ClientResponse, retryable: Collection[int], started: float, overflow: bool
+    response: aiohttp.ClientResponse, retryable: Collection[int], started: float, overflow: bool,
+    redact: Redactor,
 ) -> Outcome:
-    """A non-2xx answer: retryable or permanent, with the start of its body as detail."""
+    """A non-2xx answer: retryable or permanent, with the start of its body as detail
+    (without the function's secrets: a body may echo the token it refused)."""
     status = response.status
     body = await response.content.read(_DETAIL_BYTES)
     return Outcome(
         classify_status(status, retryable), f"http_{status}", status=status,
-        detail=body.decode("utf-8", "replace").strip(),
+        detail=redact(body.decode("utf-8", "replace").strip()),
         retry_after=parse_retry_after(response.headers.get("Retry-After")),
         duration=time.monotonic() - started, overflow=overflow,
     )

@@ -1,8 +1,10 @@
 """structlog set-up: one JSON line per significant event (or console output for humans).
 
 Configured once by the CLI from :class:`~bridge.settings.Settings`; library code only
-asks for a logger. Secrets never reach a log line: URLs pass through :func:`redact_url`
-and config secrets are ``SecretStr``.
+asks for a logger. Secrets never reach a log line: URLs pass through :func:`redact_url`,
+config secrets are ``SecretStr`` or marked secret (``bridge.config.secrets_of`` finds them
+all), and a text that may quote one (an error, a function's answer) passes through a
+:class:`Redactor` of those secrets.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -52,20 +56,55 @@ def get_logger(**context: Any) -> Logger:
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*)(:[^@/\s]*)?@", re.I)
 
 
-def redact(text: str, secrets: Iterable[str], shortest_fragment: int = 4) -> str:
-    """``text`` without any of ``secrets``, nor any fragment of one at least
-    ``shortest_fragment`` characters long (a shorter secret only as a whole).
+class Redactor:
+    """Takes secrets out of texts: each secret, and any fragment of one at least
+    ``shortest_fragment`` characters long (a shorter secret only as a whole), becomes
+    ``***``.
 
     For messages that may quote a setting (a client library's error about a URL it could
-    not use): a part of a password is as bad as all of it. Longest fragments go first.
+    not use, a function's error body echoing its token): a part of a password is as bad
+    as all of it. Built once per set of secrets; a call costs time linear in the text
+    (every window of the text is looked up among the secrets' fragments of that length:
+    any longer fragment is made of such windows), so a long token costs nothing more.
     """
-    for secret in sorted(secrets, key=len, reverse=True):
-        for length in range(len(secret), min(shortest_fragment, len(secret)) - 1, -1):
-            for start in range(len(secret) - length + 1):
-                fragment = secret[start : start + length]
-                if fragment in text:
-                    text = text.replace(fragment, "***")
-    return text
+
+    __slots__ = ("_fragments",)
+
+    def __init__(self, secrets: Iterable[str] = (), shortest_fragment: int = 4) -> None:
+        fragments: dict[int, set[str]] = {}
+        for secret in secrets:
+            size = min(shortest_fragment, len(secret))
+            if size:
+                fragments.setdefault(size, set()).update(
+                    secret[i : i + size] for i in range(len(secret) - size + 1)
+                )
+        #: window length -> the secrets' fragments of that length
+        self._fragments = {size: frozenset(found) for size, found in fragments.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self._fragments)
+
+    def __call__(self, text: str) -> str:
+        hidden = bytearray(len(text))
+        for size, fragments in self._fragments.items():
+            for start in range(len(text) - size + 1):
+                if text[start : start + size] in fragments:
+                    hidden[start : start + size] = b"\x01" * size
+        if not any(hidden):
+            return text
+        return "".join(
+            "***" if hide else "".join(char for _, char in run)
+            for hide, run in groupby(zip(hidden, text, strict=True), key=itemgetter(0))
+        )
+
+
+#: A redactor without secrets: gives every text back unchanged.
+NO_SECRETS = Redactor()
+
+
+def redact(text: str, secrets: Iterable[str], shortest_fragment: int = 4) -> str:
+    """``text`` without any of ``secrets`` nor any fragment of one (see :class:`Redactor`)."""
+    return Redactor(secrets, shortest_fragment)(text)
 
 
 def redact_url(url: str) -> str:

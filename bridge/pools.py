@@ -22,6 +22,7 @@ from typing import Protocol
 from bridge.adaptive import AdaptiveLimit
 from bridge.config import AdaptiveConcurrency
 from bridge.limits import Limit, acquire_all, release_all
+from bridge.logs import NO_SECRETS, Redactor
 from bridge.outcome import Outcome
 
 #: Answers that say "too many at once" to the adaptive limit (a timeout says it too).
@@ -142,6 +143,9 @@ class Target:
     max_concurrency: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     overflow_url: str | None = None
+    #: Takes the function's secrets (header values, URL passwords) out of what an attempt
+    #: reports (an error body, an error message), which logs and dead letters show.
+    redact: Redactor = NO_SECRETS
     overflow_after: float = 0.25
     limits: tuple[Limit, ...] = ()
     #: The function's own limit: given (a cluster-wide quota's share, bridge.quotas),

@@ -68,7 +68,7 @@ from bridge.errors import describe
 from bridge.eventloop import loop_name
 from bridge.invoker import Invoker
 from bridge.leadership import AlwaysLeader, Leadership
-from bridge.logs import Logger, get_logger, redact
+from bridge.logs import Logger, Redactor, get_logger, redact
 from bridge.metrics import Metrics
 from bridge.pools import BalancedPool, Pool, Target, WatchedPool
 from bridge.quotas import QuotaLimits
@@ -538,6 +538,7 @@ class Runtime:
                 overflow_url=function.overflow.url if function.overflow else None,
                 overflow_after=function.overflow.after if function.overflow else 0.25,
                 adaptive=function.adaptive,
+                redact=Redactor(secrets_of(function)),
             )
             self._export_limit(name, self._targets[name])
         return self._targets[name]

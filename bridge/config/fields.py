@@ -8,12 +8,15 @@
   error never shows the value (it may hold a password).
 - :class:`FieldError`: raised by a model-level check that belongs to one field, so the
   problem is reported at that field's path (:mod:`bridge.config.problems`).
+- :data:`SECRET` (``Annotated[T, SECRET]``) marks a field whose values are secrets;
+  :func:`is_secret` tells a secret-holding type (that or ``SecretStr``).
 - :func:`secrets_of`: every secret a part of the config holds, to keep out of messages.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from types import UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
@@ -118,26 +121,64 @@ def require_exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) ->
         raise ValueError(f"needs exactly one {what} of {options}; {found}")
 
 
+class _Secret:
+    """The marker type of :data:`SECRET`."""
+
+    def __repr__(self) -> str:
+        return "SECRET"
+
+
+#: ``Annotated[T, SECRET]``: every string the field holds is a secret (a function's
+#: header values carry tokens): :func:`secrets_of` collects them, and a problem with
+#: the field never shows its value (:mod:`bridge.config.problems`).
+SECRET = _Secret()
+
+
+def is_secret(annotation: Any) -> bool:
+    """A declared type that holds a secret: ``SecretStr`` or marked :data:`SECRET`
+    (also inside ``Annotated`` and ``Optional``)."""
+    pending = [annotation]
+    while pending:
+        current = pending.pop()
+        if current is SecretStr:
+            return True
+        origin = get_origin(current)
+        if origin is Annotated:
+            if any(item is SECRET for item in current.__metadata__):
+                return True
+            pending.append(get_args(current)[0])
+        elif origin in (Union, UnionType):
+            pending.extend(get_args(current))
+    return False
+
+
 def secrets_of(*parts: BaseModel | None) -> set[str]:
     """Every secret the config parts hold, to keep out of messages.
 
-    ``SecretStr`` values (of a URL only its password: host and vhost are no secret) and
-    the passwords of http URLs, each as written and percent-decoded.
+    ``SecretStr`` values (of a URL only its password: host and vhost are no secret),
+    every string of a field marked :data:`SECRET`, and the passwords of http URLs, each
+    as written and percent-decoded.
     """
     found: set[str] = set()
-    pending: list[Any] = list(parts)
+    pending: list[tuple[Any, bool]] = [(part, False) for part in parts]
     while pending:
-        value = pending.pop()
+        value, secret = pending.pop()
         if isinstance(value, BaseModel):
-            pending.extend(getattr(value, name) for name in type(value).model_fields)
+            pending.extend(
+                (getattr(value, name), secret or SECRET in info.metadata)
+                for name, info in type(value).model_fields.items()
+            )
         elif isinstance(value, list | tuple | set | frozenset):
-            pending.extend(value)
+            pending.extend((item, secret) for item in value)
         elif isinstance(value, dict):
-            pending.extend(value.values())
+            pending.extend((item, secret) for item in value.values())
         elif isinstance(value, SecretStr):
             text = value.get_secret_value()
             found.update(password_forms(text) if "://" in text else [text])
-        elif isinstance(value, str) and "://" in value:
-            found.update(password_forms(value))
+        elif isinstance(value, str):
+            if secret:
+                found.add(value)
+            if "://" in value:
+                found.update(password_forms(value))
     found.discard("")
     return found

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from bridge.config.fields import (
     NAME_MAX,
+    SECRET,
     Duration,
     FieldError,
     HttpUrl,
@@ -119,7 +120,7 @@ class FunctionConfig(Strict):
     timeout: Timeout | None = None
     overflow: OverflowConfig | None = None
     #: Static headers added to every request (e.g. an auth token from ``${ENV}``).
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Annotated[dict[str, str], SECRET] = Field(default_factory=dict)
 
     @field_validator("headers")
     @classmethod

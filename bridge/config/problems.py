@@ -5,8 +5,11 @@ A :class:`ConfigProblem` is one line, ``path: message`` (``triggers[2].cron.sche
 pydantic's errors into such lines: the path without pydantic's union tags, "expected a
 list, got 'x'" instead of type names, an unknown key with the closest allowed one, one
 line for a value that fits none of a union's members, and a :class:`FieldError` raised
-by a model-level check reported at its own field. ``trigger-bridge validate`` prints
-these lines, and tests/unit/test_config_catalogue.py pins their wording.
+by a model-level check reported at its own field. A field that holds a secret
+(``SecretStr``, or marked ``SECRET`` like a function's header values) never has its
+value shown, only its kind ("got a number (not shown: a secret)"). ``trigger-bridge
+validate`` prints these lines, and tests/unit/test_config_catalogue.py pins their
+wording.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from bridge.config.fields import FieldError, Strict
+from bridge.config.fields import FieldError, Strict, is_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +53,25 @@ def problems_from(
     """
     root = root or _config_model(err.title)
     unions: dict[str, list[ErrorDetails]] = {}
+    secret_unions: set[str] = set()
     for item in err.errors(include_url=False):
         loc, types = _real_loc(root, list(item["loc"]))
+        hide = any(is_secret(t) for t in types[1:])  # never echo a secret's value
         ctx_error = (item.get("ctx") or {}).get("error")
         if isinstance(ctx_error, FieldError):
             field, message = str(ctx_error).split("\x00", 1)
             yield ConfigProblem(join_path([*loc, field], prefix), message)
         elif item["type"] == "invalid_key" or item["loc"][-1:] == ("[key]",):
             path = join_path([*loc[:-1], str(loc[-1])], prefix)
-            yield ConfigProblem(path, f"keys must be strings, got {_as_written(item.get('input'))}")
+            yield ConfigProblem(path, f"keys must be strings, got {_written(item.get('input'))}")
         elif len(loc) < len(item["loc"]):
             unions.setdefault(join_path(loc, prefix), []).append(item)
+            if hide:
+                secret_unions.add(join_path(loc, prefix))
         else:
-            yield ConfigProblem(join_path(loc, prefix), _humanize(item, types))
+            yield ConfigProblem(join_path(loc, prefix), _humanize(item, types, hide))
     for path, items in unions.items():
-        yield ConfigProblem(path, _humanize_union(items))
+        yield ConfigProblem(path, _humanize_union(items, path in secret_unions))
 
 
 def join_path(loc: list[int | str] | tuple[int | str, ...], prefix: str = "") -> str:
@@ -121,7 +128,11 @@ def _unwrap(annotation: Any) -> Any:
 def _step(current: Any, part: Any) -> Any:
     if isinstance(current, type) and issubclass(current, BaseModel):
         field = current.model_fields.get(part) if isinstance(part, str) else None
-        return None if field is None else field.annotation
+        if field is None:
+            return None
+        # Annotated metadata kept: a field marked SECRET must stay recognisable.
+        return Annotated[(field.annotation, *field.metadata)] if field.metadata else (
+            field.annotation)
     origin, args = get_origin(current), get_args(current)
     if origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
         return args[0]
@@ -140,14 +151,15 @@ _EXPECTED = {
 }
 
 
-def _humanize(item: ErrorDetails, types: list[Any]) -> str:
+def _humanize(item: ErrorDetails, types: list[Any], hide: bool = False) -> str:
     kind, given, ctx = item["type"], item.get("input"), item.get("ctx") or {}
+    written = _kind_of if hide else _written
     if kind in _EXPECTED:
-        return f"expected {_EXPECTED[kind]}, got {_as_written(given)}"
+        return f"expected {_EXPECTED[kind]}, got {written(given)}"
     if kind == "extra_forbidden":
         return "unknown key" + _suggest(str(item["loc"][-1]), types, len(item["loc"]) - 1)
     if kind in _LIMITS:
-        return _LIMITS[kind].format(given=_as_written(given), **ctx)
+        return _LIMITS[kind].format(given=written(given), **ctx)
     if kind in ("too_short", "string_too_short"):
         if ctx.get("min_length") == 1:
             return "must not be empty"
@@ -155,7 +167,7 @@ def _humanize(item: ErrorDetails, types: list[Any]) -> str:
     if kind in ("too_long", "string_too_long"):
         return f"must have at most {ctx.get('max_length')} items"
     if kind == "literal_error":
-        return f"must be {ctx.get('expected')}; got {_as_written(given)}"
+        return f"must be {ctx.get('expected')}; got {written(given)}"
     if kind == "missing":
         return "required key is missing"
     message = str(item["msg"])
@@ -173,13 +185,14 @@ _LIMITS = {
 }
 
 
-def _humanize_union(items: list[ErrorDetails]) -> str:
+def _humanize_union(items: list[ErrorDetails], hide: bool = False) -> str:
     """``port: [1]`` fails as int and as str: one line, not one per member type."""
     words = [_EXPECTED.get(i["type"]) for i in items]
     if all(words):
         expected = " or ".join(dict.fromkeys(w for w in words if w))
-        return f"expected {expected}, got {_as_written(items[0].get('input'))}"
-    return next(_humanize(i, []) for i in items if i["type"] not in _EXPECTED)
+        given = (_kind_of if hide else _written)(items[0].get("input"))
+        return f"expected {expected}, got {given}"
+    return next(_humanize(i, [], hide) for i in items if i["type"] not in _EXPECTED)
 
 
 def _suggest(key: str, types: list[Any], parent: int) -> str:
@@ -193,7 +206,7 @@ def _suggest(key: str, types: list[Any], parent: int) -> str:
     return f" (allowed here: {', '.join(allowed)})"
 
 
-def _as_written(value: Any) -> str:
+def _written(value: Any) -> str:
     """A short, YAML-flavoured description of a value the user wrote."""
     if value is None:
         return "nothing (null)"
@@ -209,3 +222,12 @@ def _as_written(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
+
+
+def _kind_of(value: Any) -> str:
+    """:func:`_written` for a secret: what kind of value it is, never the value."""
+    if isinstance(value, str):
+        return "a string (not shown: a secret)"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number (not shown: a secret)"
+    return _written(value)

@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from bridge.closing import close_quietly
-from bridge.config import BridgeConfig, ResolvedTrigger, SinkConfig
+from bridge.config import BridgeConfig, ResolvedTrigger, SinkConfig, secrets_of
 from bridge.deadletter import DeadLetter, Sink, sink_key
 from bridge.dispatcher import Dispatcher
 from bridge.errors import describe
 from bridge.events import Disposition, Event, Settler
 from bridge.invoker import Invoker
 from bridge.leadership import AlwaysLeader
-from bridge.logs import Logger
+from bridge.logs import Logger, Redactor
 from bridge.metrics import Metrics
 from bridge.pools import BalancedPool, Pool, Target
 from bridge.redrive.letters import Letter, NotRedrivable, to_event
@@ -299,6 +299,7 @@ class Redrive:
                 overflow_url=function.overflow.url if function.overflow else None,
                 overflow_after=function.overflow.after if function.overflow else 0.25,
                 adaptive=function.adaptive,
+                redact=Redactor(secrets_of(function)),
             )
         return self._targets[name]
 
