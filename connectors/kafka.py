@@ -402,8 +402,8 @@ class KafkaConnector:
             point = state.commit_point()
             if point is None:
                 point = await _known_position(consumer, tp)
-            # The larger of ListOffsets and the last fetch's high watermark: Tansu 0.6
-            # answers ListOffsets(latest) too low for partitions written in batches.
+            # The larger of ListOffsets and the last fetch's high watermark (a broker's
+            # ListOffsets(latest) can lag behind: docs/kafka.md, *Tests and Tansu*).
             end = max(ends.get(tp) or 0, consumer.highwater(tp) or 0)
             if point is not None:
                 self._m_lag.labels(self._name, tp.topic, str(tp.partition)).set(

@@ -40,9 +40,10 @@ class _Watch(Watch):
     """kubernetes_asyncio's ``Watch``, its events' objects left as the API sent them.
 
     ``Watch()`` builds an API client of its own (an aiohttp session and an SSL context
-    loading the system CAs: ~0.8 MB and ~20 ms per watch, held while it is open) only
-    to decode each event into a model; here nothing is decoded (the objects stay dicts,
-    without a JSON round trip per event) and the watch holds only its stream.
+    loading the system CAs, held while the watch is open; its cost: docs/benchmarks.md,
+    *Kubernetes*) only to decode each event into a model; here nothing is decoded (the
+    objects stay dicts, without a JSON round trip per event) and the watch holds only
+    its stream.
     """
 
     def __init__(self) -> None:  # not Watch.__init__: no API client of its own
