@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from bridge import __version__
-from bridge.config import BridgeConfig, ConfigError, load_config, problems_from
+from bridge.config import BridgeConfig, ConfigError, CronSource, load_config, problems_from
 from bridge.exit_codes import EXIT_OK, EXIT_USAGE
 from bridge.schedule import ScheduleError, parse_schedule
 from bridge.settings import Settings
@@ -62,11 +62,24 @@ def _parser() -> argparse.ArgumentParser:
                       help="stop after this many seconds (default: until Ctrl-C)")
     demo.set_defaults(handler=_demo)
 
-    schedule = commands.add_parser("schedule", help="print the next fire times of a schedule")
-    schedule.add_argument("expression", help='cron expression, e.g. "0 2 * * *" or "@hourly"')
-    schedule.add_argument("--time-zone", default="UTC", help="IANA time zone (default UTC)")
+    schedule = commands.add_parser(
+        "schedule", help="print the next fire times of a schedule",
+        description="Print the next fire times of EXPRESSION, or of a configured cron "
+        "trigger (--config FILE --trigger NAME), with its jitter, bounds and exclusions.")
+    schedule.add_argument("expression", nargs="?",
+                          help='cron expression, e.g. "0 2 * * *" or "@hourly"')
+    schedule.add_argument("--time-zone", default=None, help="IANA time zone (default UTC)")
     schedule.add_argument("--from", dest="start", help="ISO 8601 start (default: now)")
     schedule.add_argument("--count", type=int, default=5, help="how many (default 5)")
+    schedule.add_argument("--jitter", help="delay below this (e.g. 30s); with --trigger the "
+                          "delays are the daemon's")
+    schedule.add_argument("--start-at", help="no tick before this (ISO 8601)")
+    schedule.add_argument("--end-at", help="no tick after this (ISO 8601)")
+    schedule.add_argument("--exclude", action="append", default=[],
+                          help="a date (2026-12-25) or cron expression of days not to fire "
+                          "(repeatable)")
+    schedule.add_argument("--config", help="config file of --trigger (default: $BRIDGE_CONFIG)")
+    schedule.add_argument("--trigger", help="preview this cron trigger of the config")
     schedule.set_defaults(handler=_schedule)
 
     imports = commands.add_parser(
@@ -156,15 +169,30 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
+    from bridge.preview import preview
+
     if args.count < 1:
         raise _UsageError([f"--count: must be at least 1, got {args.count}"])
-    try:
-        schedule = parse_schedule(args.expression, args.time_zone)
-    except ScheduleError as err:
-        raise _UsageError([f"schedule: {err}"]) from None
-    zone = ZoneInfo(schedule.time_zone)
+    if args.trigger:
+        if args.expression:
+            raise _UsageError(["give EXPRESSION or --trigger, not both"])
+        source, key = _configured_cron(args), args.trigger
+    else:
+        if not args.expression:
+            raise _UsageError(["schedule: give an EXPRESSION (or --config FILE --trigger NAME)"])
+        source, key = _cron_from_args(args), None
+    zone = ZoneInfo(source.time_zone)
     moment = datetime.now(zone) if args.start is None else _parse_start(args.start, zone)
-    for _ in range(args.count):
+    if source.calendar().plain and not source.jitter:
+        return _plain_schedule(source.schedule, source.time_zone, moment, args.count)
+    for line in preview(source, moment, args.count, key):
+        print(line)
+    return EXIT_OK
+
+
+def _plain_schedule(expression: str, time_zone: str, moment: datetime, count: int) -> int:
+    schedule = parse_schedule(expression, time_zone)
+    for _ in range(count):
         try:
             moment = schedule.next_after(moment)
         except (ScheduleError, OverflowError):  # past the end of the calendar (year 9999)
@@ -173,6 +201,44 @@ def _schedule(args: argparse.Namespace) -> int:
             ) from None
         print(moment.isoformat())
     return EXIT_OK
+
+
+def _cron_from_args(args: argparse.Namespace) -> CronSource:
+    """The preview's cron settings from the options; a problem is named by its option."""
+    time_zone = args.time_zone or "UTC"
+    try:
+        parse_schedule(args.expression, time_zone)
+    except ScheduleError as err:
+        raise _UsageError([f"schedule: {err}"]) from None
+    fields: dict[str, object] = {"schedule": args.expression, "time_zone": time_zone,
+                                 "exclude": args.exclude}
+    for name in ("jitter", "start_at", "end_at"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    try:
+        return CronSource.model_validate(fields)
+    except ValidationError as err:
+        options = {"jitter": "--jitter", "start_at": "--start-at", "end_at": "--end-at",
+                   "exclude": "--exclude"}
+        lines = []
+        for problem in problems_from(err, root=CronSource):
+            head = problem.path.split("[", 1)[0]
+            lines.append(f"{options.get(head, problem.path)}: {problem.message}")
+        raise _UsageError(lines) from None
+
+
+def _configured_cron(args: argparse.Namespace) -> CronSource:
+    if any((args.jitter, args.start_at, args.end_at, args.exclude, args.time_zone)):
+        raise _UsageError(["--trigger previews the trigger as configured: drop --jitter, "
+                           "--start-at, --end-at, --exclude and --time-zone"])
+    _, config = _config(args.config, _settings())
+    trigger = next((t for t in config.triggers if t.name == args.trigger), None)
+    if trigger is None:
+        raise _UsageError([f"--trigger: no trigger named {args.trigger!r} in the config"])
+    if trigger.cron is None:
+        raise _UsageError([f"--trigger: {args.trigger!r} is a {trigger.kind} trigger, "
+                           "not a cron one"])
+    return trigger.cron
 
 
 def _redrive(args: argparse.Namespace) -> int:

@@ -92,6 +92,12 @@ class TriggerStats:
     cron_lag: Histogram | None = None
     cron_skipped: dict[str, int] = field(default_factory=dict)
     cron_replaced: int = 0
+    #: None unless the trigger pauses on failure; then True while paused.
+    cron_paused: bool | None = None
+    #: None unless the trigger buffers ticks (BufferOne, BufferAll).
+    cron_buffered: int | None = None
+    cron_manual: int = 0
+    cron_backfilled: int = 0
 
     def outcome(self, kind: str, seconds: float) -> None:
         self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
@@ -168,7 +174,8 @@ class _TriggerCollector:
         )
         skipped = CounterMetricFamily(
             "bridge_cron_ticks_skipped",
-            "Cron ticks not run, by reason (missed_deadline, forbid, not_leader).",
+            "Cron ticks not run, by reason (missed_deadline, superseded, forbid, "
+            "buffer_full, paused, not_leader).",
             labels=[*t, "reason"],
         )
         replaced = CounterMetricFamily(
@@ -181,6 +188,12 @@ class _TriggerCollector:
         reply_failed = CounterMetricFamily(
             "bridge_reply_publish_failures",
             "Failed reply publishes (the event stays unsettled and is retried).", labels=t,
+        )
+        manual = CounterMetricFamily(
+            "bridge_cron_manual_runs", "Cron runs started by run-now.", labels=t
+        )
+        backfilled = CounterMetricFamily(
+            "bridge_cron_backfill_ticks", "Cron ticks fired by a backfill.", labels=t
         )
         for s in stats:
             name, pair = [s.trigger], [s.trigger, s.function]
@@ -204,8 +217,13 @@ class _TriggerCollector:
             if s.replying:
                 replies.add_metric(pair, s.replies)
                 reply_failed.add_metric(name, s.reply_failures)
+            if s.cron_manual:
+                manual.add_metric(name, s.cron_manual)
+            if s.cron_backfilled:
+                backfilled.add_metric(name, s.cron_backfilled)
         yield from (received, invocations, retries, overflow, dead, dead_failed, fallbacks,
-                    internal, settled, withdrawn, skipped, replaced, replies, reply_failed)
+                    internal, settled, withdrawn, skipped, replaced, replies, reply_failed,
+                    manual, backfilled)
 
     def _gauges(self, stats: list[TriggerStats]) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
@@ -223,12 +241,25 @@ class _TriggerCollector:
             "Events whose dead letter every sink refuses for good (unsettled, retried).",
             labels=["trigger"],
         )
+        paused = GaugeMetricFamily(
+            "bridge_cron_paused",
+            "1 while a cron trigger with pause_on_failure is paused after a dead letter.",
+            labels=["trigger"],
+        )
+        buffered = GaugeMetricFamily(
+            "bridge_cron_buffered_ticks",
+            "Cron ticks waiting for the running one (BufferOne, BufferAll).", labels=["trigger"],
+        )
         for s in stats:
+            if s.cron_paused is not None:
+                paused.add_metric([s.trigger], 1 if s.cron_paused else 0)
+            if s.cron_buffered is not None:
+                buffered.add_metric([s.trigger], s.cron_buffered)
             in_flight.add_metric([s.trigger, s.function], s.in_flight)
             unsettled.add_metric([s.trigger], s.unsettled)
             ready.add_metric([s.trigger], 1 if s.readiness is not None and s.readiness() else 0)
             blocked.add_metric([s.trigger], s.dead_letter_blocked)
-        yield from (in_flight, unsettled, ready, blocked)
+        yield from (in_flight, unsettled, ready, blocked, paused, buffered)
 
     def _histograms(self, stats: list[TriggerStats]) -> Iterator[Metric]:
         duration = HistogramMetricFamily(

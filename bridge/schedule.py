@@ -37,16 +37,20 @@ Refinements over robfig/cron:
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from bisect import bisect_left
 from calendar import isleap
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, UTC, date, datetime, timedelta
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
-__all__ = ["Schedule", "ScheduleError", "parse_schedule"]
+__all__ = [
+    "Calendar", "Schedule", "ScheduleError", "jitter_delay", "parse_exclusion", "parse_schedule",
+    "shortest_interval",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
@@ -444,3 +448,171 @@ def parse_schedule(expression: str, time_zone: str = "UTC") -> Schedule:
     validation and the cron connector both parse; many triggers share expressions).
     """
     return Schedule(expression, time_zone)
+
+
+# --------------------------------------------------------------------------- calendars
+
+#: Consecutive excluded days (or ticks outside the bounds) searched before a calendar
+#: says it never fires again: ten years of exclusions in a row.
+_MAX_EXCLUDED_DAYS = 3660
+_INTERVAL_SAMPLE = 2000
+_INTERVAL_FROM = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def parse_exclusion(text: str, time_zone: str = "UTC") -> date | Schedule:
+    """One ``exclude`` entry: an ISO date (``2026-12-25``) or a cron expression whose
+    every day it fires on is excluded (``* * 25 12 *``, ``* * * * SAT,SUN``)."""
+    entry = text.strip()
+    if len(entry) == 10 and entry[4] == "-" and entry[7] == "-":
+        try:
+            return date.fromisoformat(entry)
+        except ValueError:
+            raise ScheduleError(f"not a date (YYYY-MM-DD): {entry!r}") from None
+    if entry.lower().startswith("@every"):
+        raise ScheduleError(f"@every names no days: {entry!r} (use a date or a cron expression)")
+    try:
+        return parse_schedule(entry, time_zone)
+    except ScheduleError as err:
+        raise ScheduleError(f"neither a date (YYYY-MM-DD) nor a cron expression: {err}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def shortest_interval(schedule: Schedule) -> timedelta:
+    """The shortest time between two consecutive ticks (over a sample of its ticks: the
+    first 2,000 from 2026-01-01 or two years of them, whichever ends first)."""
+    matcher = schedule._matcher
+    if isinstance(matcher, _Every):
+        return timedelta(seconds=matcher.seconds)
+    shortest: timedelta | None = None
+    tick = schedule.next_after(_INTERVAL_FROM)
+    horizon = _INTERVAL_FROM + timedelta(days=731)
+    for _ in range(_INTERVAL_SAMPLE):
+        following = schedule.next_after(tick)
+        gap = following - tick
+        shortest = gap if shortest is None else min(shortest, gap)
+        if following > horizon:
+            break
+        tick = following
+    assert shortest is not None
+    return shortest
+
+
+def jitter_delay(key: str, scheduled: datetime, jitter: float) -> float:
+    """The delay in ``[0, jitter)`` seconds of the tick of ``key`` (a trigger name) due
+    at ``scheduled``: pseudo-random (spread evenly over the triggers and the ticks) but
+    the same in every replica and after a restart, so the preview can print it."""
+    if jitter <= 0:
+        return 0.0
+    stamp = scheduled.astimezone(UTC).isoformat()
+    digest = hashlib.blake2b(f"{key}\x00{stamp}".encode(), digest_size=8).digest()
+    return jitter * int.from_bytes(digest, "big") / 2**64
+
+
+@dataclass(frozen=True, slots=True)
+class Calendar:
+    """When a trigger fires at all: its schedule's ticks within ``[start_at, end_at]``
+    and not on an excluded day (a date, or a day a cron expression fires on, in the
+    schedule's zone). Without bounds and exclusions it is the schedule itself."""
+
+    schedule: Schedule
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    exclude: tuple[date | Schedule, ...] = ()
+
+    @property
+    def plain(self) -> bool:
+        return self.start_at is None and self.end_at is None and not self.exclude
+
+    def excluded_by(self, tick: datetime) -> str | None:
+        """Why ``tick`` does not fire: ``"before start_at"``, ``"after end_at"`` or the
+        exclusion that names its day; None when it fires."""
+        if self.start_at is not None and tick < self.start_at:
+            return "before start_at"
+        if self.end_at is not None and tick > self.end_at:
+            return "after end_at"
+        if self.exclude:
+            day = tick.astimezone(self.schedule._zone).date()
+            for entry in self.exclude:
+                if isinstance(entry, date):
+                    if entry == day:
+                        return f"excluded {entry.isoformat()}"
+                elif _fires_on(entry, day):
+                    return f"excluded by {entry.expression!r}"
+        return None
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first tick after ``after`` that fires; None if none ever will."""
+        if self.plain:
+            return self.schedule.next_after(after)
+        if self.start_at is not None and after < self.start_at:
+            after = self.start_at - timedelta(microseconds=1)
+        for _ in range(_MAX_EXCLUDED_DAYS):
+            tick = self.schedule.next_after(after)
+            reason = self.excluded_by(tick)
+            if reason is None:
+                return tick
+            if reason == "after end_at":
+                return None
+            after = self._end_of_day(tick)
+        return None
+
+    def last_at_or_before(self, moment: datetime, after: datetime) -> datetime | None:
+        """The latest tick in ``(after, moment]`` that fires, or None."""
+        if self.end_at is not None:
+            moment = min(moment, self.end_at)
+        if self.start_at is not None:
+            after = max(after, self.start_at - timedelta(microseconds=1))
+        for _ in range(_MAX_EXCLUDED_DAYS):
+            tick = self.schedule.last_at_or_before(moment, after)
+            if tick is None or self.excluded_by(tick) is None:
+                return tick
+            local = tick.astimezone(self.schedule._zone)
+            moment = datetime(local.year, local.month, local.day, tzinfo=local.tzinfo) - (
+                timedelta(microseconds=1))
+        return None
+
+    def ticks(self, start: datetime, end: datetime) -> Iterator[datetime]:
+        """Every tick in ``[start, end]`` that fires, in order."""
+        tick = self.next_after(start - timedelta(microseconds=1))
+        while tick is not None and tick <= end:
+            yield tick
+            tick = self.next_after(tick)
+
+    def count(self, start: datetime, end: datetime, sample: int = 10_000) -> tuple[int, bool]:
+        """How many ticks fire in ``[start, end]``: ``(n, True)`` when there are at most
+        ``sample`` (or the schedule is a plain ``@every``: arithmetic); else
+        ``(estimate, False)`` from the density of the first ``sample``, so a range of
+        millions of ticks is measured without walking them all."""
+        matcher = self.schedule._matcher
+        if self.plain and isinstance(matcher, _Every):
+            first = self.schedule.next_after(start - timedelta(microseconds=1))
+            if first > end:
+                return 0, True
+            return (end - first) // timedelta(seconds=matcher.seconds) + 1, True
+        counted, first = 0, start
+        for tick in self.ticks(start, end):
+            first = tick if counted == 0 else first
+            counted += 1
+            if counted > sample:
+                covered = (tick - first).total_seconds() or 1.0
+                return int(counted * (end - first).total_seconds() / covered), False
+        return counted, True
+
+    def _end_of_day(self, tick: datetime) -> datetime:
+        """The last instant of ``tick``'s local day (so the next search starts on the
+        following day)."""
+        local = tick.astimezone(self.schedule._zone)
+        following = local.date() + timedelta(days=1)
+        midnight = datetime(following.year, following.month, following.day,
+                            tzinfo=self.schedule._zone)
+        return midnight - timedelta(microseconds=1)
+
+
+@functools.lru_cache(maxsize=8192)
+def _fires_on(schedule: Schedule, day: date) -> bool:
+    """Whether ``schedule`` fires at some time of ``day`` (local to its zone)."""
+    zone = schedule._zone
+    start = datetime(day.year, day.month, day.day, tzinfo=zone)
+    following = day + timedelta(days=1)
+    end = datetime(following.year, following.month, following.day, tzinfo=zone)
+    return schedule.next_after(start - timedelta(microseconds=1)) < end

@@ -92,10 +92,21 @@ DESCRIPTIONS = {
                            "@daily, @every 5m. Check with: trigger-bridge schedule EXPR.",
     "CronSource.time_zone": "IANA time zone the schedule is read in, e.g. Asia/Shanghai.",
     "CronSource.concurrency_policy": "Allow; Forbid (skip a tick while the previous run is "
-                                     "unsettled); Replace (cancel it, start the new one).",
+                                     "unsettled); Replace (cancel it, start the new one); "
+                                     "BufferOne (one tick waits, later ones are skipped); "
+                                     "BufferAll (ticks wait in order, max_buffered at most).",
     "CronSource.starting_deadline": "A tick that cannot start within this long after its "
                                     "time is skipped.",
     "CronSource.suspend": "Keep the trigger but fire nothing.",
+    "CronSource.max_buffered": "BufferAll: ticks that may wait; past it the newest is skipped.",
+    "CronSource.pause_on_failure": "Pause the trigger after a run ends dead-lettered, until "
+                                   "resumed (trigger-bridge resume, a settings change).",
+    "CronSource.jitter": "Delay each tick by a pseudo-random time below this (id and ce-time "
+                         "keep the scheduled time); shorter than the schedule's interval.",
+    "CronSource.start_at": "No tick before this time (ISO 8601; no offset: in time_zone).",
+    "CronSource.end_at": "No tick after this time (ISO 8601; no offset: in time_zone).",
+    "CronSource.exclude": "Days not to fire: dates (2026-12-25) or cron expressions (every "
+                          "day they fire on, e.g. '* * * * SAT,SUN').",
     "CronSource.data": "Sent as the event data, JSON-encoded.",
     "CronSource.content_type": "Content-Type of the request when there is data.",
     "KafkaConnection.bootstrap_servers": "host:port list, or one comma-separated string.",

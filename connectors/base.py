@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from bridge.config import ResolvedTrigger, SinkConfig
+from bridge.cron_control import CronStateStore, MemoryStateStore, ScheduleControl
 from bridge.deadletter import Sink
 from bridge.leadership import Leadership
 from bridge.metrics import Metrics
@@ -50,6 +51,10 @@ class Connector(Protocol):
         """The scheduled time of the last tick this replica fired (cron: a Trigger's
         ``status.lastScheduleTime``); None for sources without a schedule."""
 
+    @property
+    def control(self) -> ScheduleControl | None:
+        """Run now, backfill, resume (cron); None for sources without a schedule."""
+
     async def start(self) -> None: ...
 
     def events(self) -> AsyncIterator[Event]: ...
@@ -67,6 +72,8 @@ class ConnectorContext:
     metrics: Metrics
     log: Logger
     leadership: Leadership
+    #: Where cron triggers keep a pause and a backfill's progress (bridge.cron_control).
+    state: CronStateStore = field(default_factory=MemoryStateStore)
     _shared: dict[type[Any], Any] = field(default_factory=dict)
 
     def shared(self, kind: type[_T], factory: Callable[[], _T]) -> _T:

@@ -41,8 +41,10 @@ Every computation over past ticks is bounded whatever the outage was:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,10 +55,20 @@ from apscheduler.triggers.base import BaseTrigger
 
 from bridge.cloudevents import is_json
 from bridge.config import CronSource, ResolvedTrigger
-from bridge.events import Disposition, Event, format_time
+from bridge.cron_control import (
+    MAX_BACKFILL_TICKS,
+    BackfillPolicy,
+    BackfillProgress,
+    ControlError,
+    ManualRun,
+    ScheduleControl,
+)
+from bridge.errors import describe
+from bridge.events import Disposition, Event, Settler, format_time
 from bridge.logs import Logger
-from bridge.schedule import Schedule, parse_schedule
+from bridge.schedule import Calendar, jitter_delay
 from connectors.base import ConnectorContext
+from connectors.cron_backfill import Backfill
 
 EVENT_TYPE = "dev.triggerbridge.cron.tick"
 
@@ -64,18 +76,20 @@ TickHandler = Callable[[list[datetime]], None]
 
 
 class ScheduleTrigger(BaseTrigger):  # type: ignore[misc]
-    """APScheduler trigger computing fire times with :mod:`bridge.schedule`."""
+    """APScheduler trigger computing fire times with :mod:`bridge.schedule` (the
+    schedule within its bounds and exclusions; None after ``end_at`` ends the job)."""
 
-    def __init__(self, schedule: Schedule) -> None:
-        self.schedule = schedule
+    def __init__(self, calendar: Calendar) -> None:
+        self.calendar = calendar
 
     def get_next_fire_time(
         self, previous_fire_time: datetime | None, now: datetime
     ) -> datetime | None:
-        return self.schedule.next_after(previous_fire_time or now)
+        return self.calendar.next_after(previous_fire_time or now)
 
     def __str__(self) -> str:
-        return f"schedule[{self.schedule.expression!r} {self.schedule.time_zone}]"
+        schedule = self.calendar.schedule
+        return f"schedule[{schedule.expression!r} {schedule.time_zone}]"
 
 
 class _TickExecutor(BaseExecutor):  # type: ignore[misc]
@@ -117,14 +131,14 @@ class CronClock:
         return self._scheduler
 
     def add(
-        self, name: str, schedule: Schedule, handler: TickHandler, first: datetime | None
+        self, name: str, trigger: ScheduleTrigger, handler: TickHandler, first: datetime | None
     ) -> None:
         """Schedule ``name``; ``first`` (may be in the past) overrides the first run."""
         scheduler = self._running()
         self._handlers[name] = handler
         options: dict[str, Any] = {} if first is None else {"next_run_time": first}
         scheduler.add_job(
-            _never_called, trigger=ScheduleTrigger(schedule), id=name, executor="ticks",
+            _never_called, trigger=trigger, id=name, executor="ticks",
             # Not coalesced here: the connector gets every due run time, runs the latest
             # and counts the ones it drops (see CronConnector._on_due).
             coalesce=False, misfire_grace_time=None, max_instances=1_000_000,
@@ -143,14 +157,16 @@ class CronClock:
 
 
 class CronConnector:
-    """One cron trigger: ticks in, events out, CronJob policies in between."""
+    """One cron trigger: ticks in, events out, CronJob policies in between; and what an
+    operator does to it from outside the schedule (:class:`ScheduleControl`)."""
 
     def __init__(self, trigger: ResolvedTrigger, context: ConnectorContext) -> None:
         source = trigger.config.cron
         assert source is not None
         self._name = trigger.name
         self._source: CronSource = source
-        self._schedule = parse_schedule(source.schedule, source.time_zone)
+        self._calendar = source.calendar()
+        self._schedule = self._calendar.schedule
         deadline = source.starting_deadline
         self._deadline = None if deadline is None else timedelta(seconds=deadline)
         self._body = encode_data(source.data, source.content_type)
@@ -162,6 +178,19 @@ class CronConnector:
         self._started = False
         self._stats = context.metrics.trigger(self._name, trigger.function_name)
         self._bound_log: Logger | None = None
+        self._window = trigger.concurrency
+        #: What the trigger was paused under (see pause_on_failure): a change of it resumes.
+        self._fingerprint = hashlib.sha256(
+            trigger.config.model_dump_json().encode()).hexdigest()[:16]
+        # Created on first use: most triggers never jitter, buffer, pause or backfill.
+        self._timers: dict[datetime, asyncio.TimerHandle] | None = None
+        self._buffer: deque[datetime] | None = None
+        self._paused: dict[str, str] | None = None
+        self._backfill: Backfill | None = None
+        if source.pause_on_failure:
+            self._stats.cron_paused = False
+        if source.concurrency_policy in ("BufferOne", "BufferAll"):
+            self._stats.cron_buffered = 0
         context.leadership.on_change(self._on_leadership)
 
     @property
@@ -178,30 +207,47 @@ class CronConnector:
     def max_unsettled(self) -> int | None:
         return None
 
+    @property
+    def control(self) -> ScheduleControl:
+        return self
+
     async def start(self) -> None:
-        if self._started or self._source.suspend:
+        if self._started:
+            return
+        if self._source.suspend:
             self._started = True
             return
+        await self._restore()
         now = datetime.now(UTC)
-        self._clock.add(self._name, self._schedule, self._on_due, self._catch_up(now))
+        self._clock.add(self._name, ScheduleTrigger(self._calendar), self._on_due,
+                        self._catch_up(now))
         self._started = True
+        upcoming = self._calendar.next_after(now)
         self._log.info("cron trigger scheduled", schedule=self._source.schedule,
                        time_zone=self._source.time_zone,
-                       next=self._schedule.next_after(now).isoformat())
+                       next=None if upcoming is None else upcoming.isoformat())
+        self._release_backfill()
 
     async def stop(self) -> None:
         self._clock.remove(self._name)
+        for timer in (self._timers or {}).values():
+            timer.cancel()
+        self._timers = None
         self._started = False
 
     async def events(self) -> AsyncIterator[Event]:
         while True:
-            yield await self._mailbox.get()
+            item = await self._mailbox.get()
+            if isinstance(item, Event):
+                yield item
+            else:
+                await item()  # state work, run here in the pump (a supervised task)
 
     def _catch_up(self, now: datetime) -> datetime | None:
         """The latest tick in (now - starting_deadline, now], if any and not yet fired."""
         if self._deadline is None:
             return None
-        latest = self._schedule.last_at_or_before(now, now - self._deadline)
+        latest = self._calendar.last_at_or_before(now, now - self._deadline)
         if latest is not None and self._last_fired is not None and latest <= self._last_fired:
             return None
         return latest
@@ -218,6 +264,9 @@ class CronConnector:
                 self._log.info("cron leadership gained: firing missed ticks", count=len(ticks),
                                first=format_time(ticks[0]), last=format_time(ticks[-1]))
             self._on_ticks(ticks)
+            if self._context.state.durable:
+                # another replica may have paused it or moved a backfill on: read it again
+                self._mailbox.put(self._restore_and_release)
 
     def _handover_ticks(self, now: datetime) -> list[datetime]:
         """Ticks to fire on gaining leadership.
@@ -239,10 +288,10 @@ class CronConnector:
         if self._deadline is not None:
             floors.append(now - self._deadline)
         ticks = []
-        tick = self._schedule.next_after(max(floors))
-        while tick <= now:
+        tick = self._calendar.next_after(max(floors))
+        while tick is not None and tick <= now:
             ticks.append(tick)
-            tick = self._schedule.next_after(tick)
+            tick = self._calendar.next_after(tick)
         latest = self._catch_up(now)
         if not ticks and latest is not None and (since is None or latest > since):
             ticks.append(latest)
@@ -250,7 +299,7 @@ class CronConnector:
 
     def _on_ticks(self, run_times: list[datetime]) -> None:
         for scheduled in run_times:
-            self._fire(scheduled)
+            self._due(scheduled)
 
     def _on_due(self, run_times: list[datetime]) -> None:
         """The clock's due run times: several at once when the process was late (frozen,
@@ -275,9 +324,27 @@ class CronConnector:
         else:
             for scheduled in late:
                 self._fire(scheduled)  # not the leader: each counted as such
-        self._fire(latest)
+        self._due(latest)
 
-    def _fire(self, scheduled: datetime) -> None:
+    def _due(self, scheduled: datetime) -> None:
+        """A tick is due: fire it now, or after its jitter delay."""
+        if not self._source.jitter:
+            self._fire(scheduled)
+            return
+        delay = jitter_delay(self._name, scheduled, self._source.jitter)
+        timers = self._timers if self._timers is not None else {}
+        self._timers = timers
+        if scheduled not in timers:
+            timers[scheduled] = asyncio.get_running_loop().call_later(
+                delay, self._fire_jittered, scheduled, delay)
+
+    def _fire_jittered(self, scheduled: datetime, delay: float) -> None:
+        if self._timers is not None:
+            self._timers.pop(scheduled, None)
+        self._fire(scheduled, delay)
+
+    def _fire(self, scheduled: datetime, delay: float = 0.0) -> None:
+        """Run the tick due at ``scheduled`` (``delay``: its jitter, already waited)."""
         now = datetime.now(UTC)
         leadership = self._context.leadership
         if not leadership.is_leader:
@@ -286,19 +353,58 @@ class CronConnector:
             return
         if self._last_fired is not None and scheduled <= self._last_fired:
             return  # already fired (a catch-up ran it before the clock's own tick)
-        if self._deadline is not None and now - scheduled > self._deadline:
+        late = now - scheduled - timedelta(seconds=delay)
+        if self._deadline is not None and late > self._deadline:
             self._skip("missed_deadline", scheduled)
             return
-        if self._active and self._source.concurrency_policy == "Forbid":
+        if self._paused is not None:
+            self._skip("paused", scheduled)
+            return
+        policy = self._source.concurrency_policy
+        if self._active and policy == "Forbid":
             self._skip("forbid", scheduled)
             return
-        if self._active and self._source.concurrency_policy == "Replace":
+        if self._active and policy == "Replace":
             self._replace_running()
-        event = self._event(scheduled)
-        self._active.add(event)
         self._last_fired = self._clock.last_fired[self._name] = scheduled
-        self._stats.fire_lag(max(0.0, (now - scheduled).total_seconds()))
+        if self._active and policy in ("BufferOne", "BufferAll"):
+            self._hold(scheduled)
+            return
+        self._stats.fire_lag(max(0.0, late.total_seconds()))
+        self._start(self._event(scheduled, delay))
+
+    def _start(self, event: Event) -> None:
+        self._active.add(event)
         self._mailbox.put(event)
+
+    def _hold(self, scheduled: datetime) -> None:
+        """BufferOne / BufferAll: the tick waits for the running one (past the bound:
+        skipped and counted as ``buffer_full``)."""
+        buffer = self._buffer if self._buffer is not None else deque()
+        self._buffer = buffer
+        bound = 1 if self._source.concurrency_policy == "BufferOne" else self._source.max_buffered
+        if len(buffer) >= bound:
+            self._skip("buffer_full", scheduled)
+            return
+        buffer.append(scheduled)
+        self._stats.cron_buffered = len(buffer)
+
+    def _release_buffered(self) -> None:
+        """The running tick settled: start the oldest buffered one still inside its
+        starting deadline (on the leader, unless paused)."""
+        buffer = self._buffer
+        while buffer and not self._active:
+            scheduled = buffer.popleft()
+            self._stats.cron_buffered = len(buffer)
+            if self._paused is not None:
+                self._skip("paused", scheduled)
+            elif not self._context.leadership.is_leader:
+                self._stats.skip("not_leader")
+            elif self._deadline is not None and datetime.now(UTC) - scheduled > self._deadline:
+                self._skip("missed_deadline", scheduled)
+            else:
+                delay = jitter_delay(self._name, scheduled, self._source.jitter)
+                self._start(self._event(scheduled, delay))
 
     def _skip(self, reason: str, scheduled: datetime) -> None:
         self._stats.skip(reason)
@@ -310,11 +416,15 @@ class CronConnector:
                 self._stats.cron_replaced += 1
                 self._log.info("cron run replaced", event_id=running.id)
 
-    def _event(self, scheduled: datetime) -> Event:
+    def _event(
+        self, scheduled: datetime, delay: float = 0.0, *, event_id: str | None = None,
+        settler: Settler | None = None,
+    ) -> Event:
         utc = scheduled.astimezone(UTC)
+        start = utc + timedelta(seconds=delay)
         return Event(
             trigger=self._name,
-            id=f"{self._name}/{format_time(utc)}",
+            id=event_id or f"{self._name}/{format_time(utc)}",
             source=f"/cron/{self._name}",
             type=EVENT_TYPE,
             data=self._body,
@@ -322,14 +432,190 @@ class CronConnector:
             time=utc,
             partition=self._name,
             origin=f"schedule {self._source.schedule} ({self._source.time_zone})",
-            not_after=None if self._deadline is None else utc + self._deadline,
-            settler=self._settle,
+            not_after=None if self._deadline is None else start + self._deadline,
+            settler=settler or self._settle,
         )
 
     async def _settle(self, event: Event, disposition: Disposition) -> None:
         self._active.discard(event)
         if disposition is Disposition.ABANDONED and not event.abandoned:
             self._stats.skip("missed_deadline")  # the dispatcher could not start it in time
+        if disposition is Disposition.DEAD_LETTERED and self._source.pause_on_failure:
+            await self._pause(event)
+        self._release_buffered()
+
+    # --- pause on failure -----------------------------------------------------------
+
+    async def _pause(self, event: Event) -> None:
+        if self._paused is not None:
+            return
+        self._paused = {"event_id": event.id, "at": format_time(_now()),
+                        "config": self._fingerprint}
+        self._stats.cron_paused = True
+        self._log.warning("cron trigger paused: a run was dead-lettered (pause_on_failure); "
+                          "resume with trigger-bridge resume", event_id=event.id)
+        await self._save()
+
+    @property
+    def paused(self) -> str | None:
+        return None if self._paused is None else self._paused["event_id"]
+
+    async def resume(self) -> bool:
+        self._require_leader("resume")
+        if self._paused is None:
+            return False
+        self._paused = None
+        self._stats.cron_paused = False
+        self._log.info("cron trigger resumed")
+        await self._save()
+        self._release_backfill()
+        return True
+
+    # --- run now --------------------------------------------------------------------
+
+    def run_now(self, requested: datetime) -> ManualRun:
+        """Fire once now, outside the schedule, with the trigger's data (id
+        ``<trigger>/manual/<request time>``, ce-time the request time)."""
+        self._require_leader("run now")
+        moment = requested.astimezone(UTC)
+        event_id = f"{self._name}/manual/{format_time(moment)}"
+        self._stats.cron_manual += 1
+        self._log.info("cron run requested now", event_id=event_id)
+        self._start(self._event(moment, event_id=event_id))
+        return ManualRun(self._name, event_id, format_time(moment))
+
+    def _require_leader(self, what: str) -> None:
+        if not self._started or self._source.suspend:
+            raise ControlError(409, f"trigger {self._name!r} is not running (suspended or "
+                                    f"starting): cannot {what}")
+        if not self._context.leadership.is_leader:
+            raise ControlError(409, f"this replica does not lead trigger {self._name!r}: "
+                                    f"ask the replica holding its cron Lease")
+
+    # --- backfill -------------------------------------------------------------------
+
+    async def backfill(
+        self, start: datetime, end: datetime, policy: BackfillPolicy = "BufferAll"
+    ) -> BackfillProgress:
+        """Fire every tick of ``[start, end]`` with its own time and id (see
+        :mod:`connectors.cron_backfill`); refused for a bad range or over a million ticks."""
+        self._require_leader("backfill")
+        if end < start:
+            raise ControlError(400, f"backfill range in the wrong order: --from "
+                                    f"{format_time(start)} is after --to {format_time(end)}")
+        if self._backfill is not None and self._backfill.running:
+            raise ControlError(409, f"a backfill is already running: "
+                                    f"{self._backfill.progress.summary}")
+        total, exact = self._calendar.count(start, end)
+        if total > MAX_BACKFILL_TICKS:
+            raise ControlError(400, (
+                f"backfill range holds {'' if exact else 'about '}{total:,} ticks of "
+                f"{self._source.schedule!r}, more than {MAX_BACKFILL_TICKS:,}: split it into "
+                f"smaller ranges (--from/--to)"))
+        if total == 0:
+            raise ControlError(400, f"no tick of {self._source.schedule!r} fires between "
+                                    f"{format_time(start)} and {format_time(end)}")
+        progress = BackfillProgress(
+            self._name, format_time(start.astimezone(UTC)), format_time(end.astimezone(UTC)),
+            policy=policy, total=total, exact=exact, started_at=format_time(_now()))
+        self._backfill = Backfill(progress, self._calendar, self._window)
+        if not self._context.state.durable:
+            self._log.warning("backfill progress is not durable: a restart forgets it "
+                              "(set BRIDGE_STATE_FILE or use leader election)")
+        await self._save()
+        self._log.info("backfill started", start=progress.start, end=progress.end,
+                       ticks=total, exact=exact, policy=policy)
+        self._release_backfill()
+        return progress
+
+    @property
+    def backfill_progress(self) -> BackfillProgress | None:
+        return None if self._backfill is None else self._backfill.progress
+
+    async def cancel_backfill(self) -> BackfillProgress | None:
+        self._require_leader("cancel a backfill")
+        backfill = self._backfill
+        if backfill is None or not backfill.running:
+            return None
+        backfill.cancel()
+        self._log.info("backfill cancelled", summary=backfill.progress.summary)
+        await self._save()
+        return backfill.progress
+
+    def _release_backfill(self) -> None:
+        backfill = self._backfill
+        if (backfill is None or not backfill.running or self._paused is not None
+                or not self._started or not self._context.leadership.is_leader):
+            return
+        for tick in backfill.release():
+            delay = jitter_delay(self._name, tick, self._source.jitter)
+            self._mailbox.put(self._event(tick, delay, settler=self._settle_backfill))
+            self._stats.cron_backfilled += 1
+        if not backfill.running:
+            self._log.info("backfill finished", summary=backfill.progress.summary)
+
+    async def _settle_backfill(self, event: Event, disposition: Disposition) -> None:
+        backfill = self._backfill
+        if backfill is None:
+            return
+        assert event.time is not None  # every cron event has its scheduled time
+        backfill.settled(event.time, disposition)
+        if disposition is Disposition.DEAD_LETTERED and self._source.pause_on_failure:
+            await self._pause(event)
+        else:
+            await self._save()
+        if not backfill.running and backfill.progress.state == "done":
+            self._log.info("backfill finished", summary=backfill.progress.summary)
+        self._release_backfill()
+
+    # --- state that outlives the process --------------------------------------------
+
+    async def _save(self) -> None:
+        state: dict[str, Any] = {}
+        if self._paused is not None:
+            state["paused"] = self._paused
+        if self._backfill is not None:
+            state["backfill"] = self._backfill.progress.to_json()
+        try:
+            await self._context.state.save(self._name, state)
+        except Exception as err:
+            self._log.error("cron state not saved: a restart may repeat settled backfill "
+                            "ticks or forget a pause", error=describe(err, 300))
+
+    async def _restore(self) -> None:
+        """The trigger's pause and backfill, as the store has them (another replica or
+        an earlier process may have written them)."""
+        try:
+            state = await self._context.state.load(self._name)
+        except Exception as err:
+            self._log.error("cron state not readable; going on without it",
+                            error=describe(err, 300))
+            return
+        paused = state.get("paused")
+        if isinstance(paused, dict) and paused.get("config") == self._fingerprint:
+            if self._paused is None:
+                self._log.warning("cron trigger stays paused (pause_on_failure)",
+                                  event_id=paused.get("event_id"))
+            self._paused = {str(k): str(v) for k, v in paused.items()}
+            self._stats.cron_paused = True
+        elif self._paused is None and paused:
+            self._log.info("cron trigger settings changed since it was paused: resumed")
+        backfill = state.get("backfill")
+        local = self._backfill
+        if isinstance(backfill, dict) and not (local is not None and local.in_flight):
+            progress = BackfillProgress.from_json(backfill)
+            self._backfill = Backfill(progress, self._calendar, self._window)
+            if progress.state == "running":
+                self._log.info("backfill resumed", summary=progress.summary,
+                               done_until=progress.done_until)
+
+    async def _restore_and_release(self) -> None:
+        await self._restore()
+        self._release_backfill()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def encode_data(data: Any, content_type: str) -> bytes:
@@ -342,6 +628,10 @@ def encode_data(data: Any, content_type: str) -> bytes:
     return json.dumps(data).encode()
 
 
+#: What the mailbox carries: an event, or state work the pump runs (it awaits).
+_Item = Event | Callable[[], Awaitable[None]]
+
+
 class _Mailbox:
     """A minimal unbounded queue: a list and one waiter.
 
@@ -352,15 +642,15 @@ class _Mailbox:
     __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
-        self._items: list[Event] = []
+        self._items: list[_Item] = []
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, item: Event) -> None:
+    def put(self, item: _Item) -> None:
         self._items.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def get(self) -> Event:
+    async def get(self) -> _Item:
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:

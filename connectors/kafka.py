@@ -148,6 +148,11 @@ class KafkaConnector:
         """A queue source fires no scheduled ticks."""
         return None
 
+    @property
+    def control(self) -> None:
+        """No schedule to control."""
+        return None
+
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:

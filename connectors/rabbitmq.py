@@ -140,6 +140,11 @@ class RabbitConnector:
         """A queue source fires no scheduled ticks."""
         return None
 
+    @property
+    def control(self) -> None:
+        """No schedule to control."""
+        return None
+
     async def start(self) -> None:
         if self._connection is not None:
             return

@@ -8,12 +8,20 @@ schedule or time zone that does not parse (reported at ``schedule`` or ``time_zo
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from bridge.config.fields import AmqpUrl, Duration, FieldError, Servers, Strict, as_list
-from bridge.schedule import ScheduleError, parse_schedule
+from bridge.schedule import (
+    Calendar,
+    ScheduleError,
+    parse_exclusion,
+    parse_schedule,
+    shortest_interval,
+)
 
 
 class TlsConfig(Strict):
@@ -149,23 +157,86 @@ class RabbitSource(Strict):
         return self
 
 
+def _parse_moment(value: object) -> object:
+    """An ISO 8601 time (a datetime from YAML passes as it is)."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected an ISO 8601 time such as 2026-03-01T00:00:00Z, got {value!r}")
+
+
+#: A point in time; without an offset it is read in the trigger's time_zone.
+Moment = Annotated[datetime, BeforeValidator(_parse_moment)]
+
+
+#: The overlap policies: CronJob's three, and two that queue ticks (Temporal's
+#: BufferOne and BufferAll).
+ConcurrencyPolicy = Literal["Allow", "Forbid", "Replace", "BufferOne", "BufferAll"]
+
+
 class CronSource(Strict):
     schedule: str
     time_zone: str = "UTC"
-    concurrency_policy: Literal["Allow", "Forbid", "Replace"] = "Allow"
+    concurrency_policy: ConcurrencyPolicy = "Allow"
+    #: ``BufferAll``: ticks waiting for the running one at most; past it the newest
+    #: tick is skipped (counted as ``buffer_full``).
+    max_buffered: int = Field(100, ge=1, le=10_000)
     starting_deadline: Duration | None = None
     suspend: bool = False
+    #: Suspend the trigger after a tick ends dead-lettered, until resumed.
+    pause_on_failure: bool = False
+    #: Each tick is delayed by a pseudo-random time below this (id and ce-time keep the
+    #: scheduled time).
+    jitter: Duration = 0.0
+    #: No tick before / after these times (ISO 8601; without an offset: in time_zone).
+    start_at: Moment | None = None
+    end_at: Moment | None = None
+    #: Days not to fire: dates (2026-12-25) or cron expressions (every day they fire on).
+    exclude: list[str] = Field(default_factory=list)
     data: Any = None
     content_type: str = "application/json"
 
     @model_validator(mode="after")
     def _schedule_parses(self) -> CronSource:
         try:
-            parse_schedule(self.schedule, self.time_zone)
+            schedule = parse_schedule(self.schedule, self.time_zone)
         except ScheduleError as err:
             # only the zone's own errors belong to time_zone ("time zone prefixes ..." is
             # about the schedule text)
             zone_error = str(err).startswith(("unknown time zone", "time zone must"))
             field = "time_zone" if zone_error else "schedule"
             raise FieldError(field, str(err)) from None
+        for index, entry in enumerate(self.exclude):
+            try:
+                parse_exclusion(entry, self.time_zone)
+            except ScheduleError as err:
+                raise FieldError(f"exclude[{index}]", str(err)) from None
+        if self.start_at and self.end_at and self.aware(self.end_at) <= self.aware(self.start_at):
+            raise FieldError("end_at", f"must be after start_at ({self.start_at.isoformat()})")
+        if self.jitter:
+            interval = shortest_interval(schedule).total_seconds()
+            if self.jitter >= interval:
+                raise FieldError("jitter", (
+                    f"{self.jitter:g}s is not shorter than the schedule's interval "
+                    f"({interval:g}s between ticks of {self.schedule!r}): ticks would run "
+                    "out of order; use a jitter below it"))
         return self
+
+    def aware(self, moment: datetime) -> datetime:
+        """``moment`` with the trigger's zone if it has none."""
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=ZoneInfo(self.time_zone))
+        return moment
+
+    def calendar(self) -> Calendar:
+        """The schedule with its bounds and exclusions."""
+        return Calendar(
+            parse_schedule(self.schedule, self.time_zone),
+            start_at=None if self.start_at is None else self.aware(self.start_at),
+            end_at=None if self.end_at is None else self.aware(self.end_at),
+            exclude=tuple(parse_exclusion(e, self.time_zone) for e in self.exclude),
+        )

@@ -457,7 +457,40 @@ CATALOGUE: list[Any] = [
     pytest.param(
         cron('schedule: "0 2 * * *", concurrency_policy: forbid'),
         "triggers[0].cron.concurrency_policy: ",
-        "must be 'Allow', 'Forbid' or 'Replace'; got 'forbid'", id="cron-bad-concurrency-policy",
+        "must be 'Allow', 'Forbid', 'Replace', 'BufferOne' or 'BufferAll'; got 'forbid'",
+        id="cron-bad-concurrency-policy",
+    ),
+    pytest.param(
+        cron('schedule: "* * * * *", jitter: 90s'), "triggers[0].cron.jitter: ",
+        "90s is not shorter than the schedule's interval (60s between ticks of '* * * * *')",
+        id="cron-jitter-above-interval",
+    ),
+    pytest.param(
+        cron('schedule: "0 0 1,2 * *", jitter: 2d'), "triggers[0].cron.jitter: ",
+        "(86400s between ticks", id="cron-jitter-above-shortest-gap",
+    ),
+    pytest.param(
+        cron('schedule: "@hourly", exclude: ["2026-12-25", "2026-02-30"]'),
+        "triggers[0].cron.exclude[1]: ", "not a date (YYYY-MM-DD): '2026-02-30'",
+        id="cron-exclude-bad-date",
+    ),
+    pytest.param(
+        cron('schedule: "@hourly", exclude: ["@every 1h"]'),
+        "triggers[0].cron.exclude[0]: ", "@every names no days", id="cron-exclude-every",
+    ),
+    pytest.param(
+        cron('schedule: "@hourly", exclude: ["* * 32 * *"]'),
+        "triggers[0].cron.exclude[0]: ", "neither a date (YYYY-MM-DD) nor a cron expression",
+        id="cron-exclude-bad-cron",
+    ),
+    pytest.param(
+        cron('schedule: "@hourly", start_at: "2026-05-01T00:00:00Z", '
+             'end_at: "2026-04-01T00:00:00Z"'),
+        "triggers[0].cron.end_at: ", "must be after start_at", id="cron-end-before-start",
+    ),
+    pytest.param(
+        cron('schedule: "@hourly", concurrency_policy: BufferAll, max_buffered: 0'),
+        "triggers[0].cron.max_buffered: ", "must be at least 1", id="cron-max-buffered-zero",
     ),
     # --- kafka -----------------------------------------------------------------------
     pytest.param(

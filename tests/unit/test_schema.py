@@ -239,7 +239,8 @@ def test_crd_spec_mirrors_the_trigger_model(crd_text: str) -> None:
     assert set(spec["properties"]) == set(
         BridgeConfig.model_fields["triggers"].annotation.__args__[0].model_fields) - {"name"}
     cron = spec["properties"]["cron"]
-    assert cron["properties"]["concurrency_policy"]["enum"] == ["Allow", "Forbid", "Replace"]
+    assert cron["properties"]["concurrency_policy"]["enum"] == [
+        "Allow", "Forbid", "Replace", "BufferOne", "BufferAll"]
     assert cron["properties"]["starting_deadline"] == {
         "description": "A tick that cannot start within this long after its time is skipped.",
         "x-kubernetes-int-or-string": True}
