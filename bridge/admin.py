@@ -1,4 +1,5 @@
-"""Admin HTTP server: ``/healthz``, ``/readyz``, ``/metrics`` (DESIGN section 7)."""
+"""Admin HTTP server: ``/healthz``, ``/readyz``, ``/metrics`` (DESIGN section 7), and the
+authenticated control endpoints under ``/control/`` (:mod:`bridge.control`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from bridge.control import ControlApi
 from bridge.metrics import Metrics
 
 ReadinessProbe = Callable[[], Mapping[str, bool]]
 
 
 class AdminServer:
-    def __init__(self, metrics: Metrics, readiness: ReadinessProbe, host: str, port: int) -> None:
+    def __init__(
+        self, metrics: Metrics, readiness: ReadinessProbe, host: str, port: int,
+        control: ControlApi | None = None,
+    ) -> None:
         self._metrics = metrics
+        self._control = control
         self._readiness = readiness
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
@@ -28,6 +34,8 @@ class AdminServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
+        if self._control is not None:
+            self._control.routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port, reuse_address=True)

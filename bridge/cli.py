@@ -1,4 +1,5 @@
-"""Command line: ``trigger-bridge run|validate|demo|schedule|import-cronjobs|schema|redrive``.
+"""Command line: ``trigger-bridge run|validate|demo|schedule|import-cronjobs|schema|redrive``,
+and ``run-now|backfill|resume`` against a running daemon (:mod:`bridge.control_client`).
 
 User errors (a bad config, a bad expression, a bad setting) print one line per problem
 and exit 2; they never print a traceback.
@@ -12,15 +13,19 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
 from bridge import __version__
 from bridge.config import BridgeConfig, ConfigError, CronSource, load_config, problems_from
-from bridge.exit_codes import EXIT_OK, EXIT_USAGE
+from bridge.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from bridge.schedule import ScheduleError, parse_schedule
 from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from bridge.control_client import Answer, ControlClient
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,11 +115,101 @@ def _parser() -> argparse.ArgumentParser:
                         help="print the Trigger CustomResourceDefinition (deploy/crds/)")
     schema.set_defaults(handler=_schema)
 
+    _control_parsers(commands)
+
     from bridge.redrive.command import add_parser as add_redrive
 
     add_redrive(commands)
     commands.choices["redrive"].set_defaults(handler=_redrive)
     return parser
+
+
+def _control_parsers(commands: Any) -> None:
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("trigger", help="name of a cron trigger")
+        parser.add_argument("--admin", help="the daemon's admin URL "
+                            "(default: http://127.0.0.1:$BRIDGE_ADMIN_PORT)")
+        parser.add_argument("--token-file",
+                            help="control token (default: $BRIDGE_CONTROL_TOKEN_FILE)")
+
+    run_now = commands.add_parser(
+        "run-now", help="run a cron trigger's function once now (in a running daemon)")
+    common(run_now)
+    run_now.set_defaults(handler=_run_now)
+
+    backfill = commands.add_parser(
+        "backfill", help="fire every tick of a past range (in a running daemon)",
+        description="Fire every tick of TRIGGER scheduled in [--from, --to] with its own "
+        "scheduled time and event id; or show (--status) or cancel (--cancel) the current "
+        "one. Times without an offset are read in the trigger's time zone.")
+    common(backfill)
+    backfill.add_argument("--from", dest="start", help="first scheduled time (ISO 8601)")
+    backfill.add_argument("--to", dest="end", help="last scheduled time (ISO 8601)")
+    backfill.add_argument("--policy", choices=["BufferAll", "Allow"], default="BufferAll",
+                          help="BufferAll: one tick after another (default); Allow: up to "
+                          "the trigger's concurrency at once")
+    backfill.add_argument("--wait", action="store_true", help="follow until it ends")
+    what = backfill.add_mutually_exclusive_group()
+    what.add_argument("--status", action="store_true", help="show the current backfill")
+    what.add_argument("--cancel", action="store_true", help="cancel the current backfill")
+    backfill.set_defaults(handler=_backfill)
+
+    resume = commands.add_parser(
+        "resume", help="resume a cron trigger paused after a failure (pause_on_failure)")
+    common(resume)
+    resume.set_defaults(handler=_resume)
+
+
+def _control(args: argparse.Namespace) -> ControlClient:
+    from bridge.control_client import ControlClient, ControlUsageError
+
+    settings = _settings()
+    url = args.admin or f"http://127.0.0.1:{settings.admin_port}"
+    try:
+        return ControlClient(url, args.token_file or settings.control_token_file)
+    except ControlUsageError as err:
+        raise _UsageError([str(err)]) from None
+
+
+def _answered(client: ControlClient, method: str, args: argparse.Namespace, action: str,
+              body: dict[str, Any] | None = None) -> Answer:
+    try:
+        answer = client.request(method, args.trigger, action, body)
+    except OSError as err:
+        print(f"{args.trigger}: daemon not reachable: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
+    if answer.exit_code != EXIT_OK:
+        print(f"{args.trigger}: refused ({answer.status}): {answer.error}", file=sys.stderr)
+        raise SystemExit(answer.exit_code)
+    return answer
+
+
+def _run_now(args: argparse.Namespace) -> int:
+    answer = _answered(_control(args), "POST", args, "run-now")
+    print(f"{args.trigger}: running now as {answer.body['event_id']}")
+    return EXIT_OK
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    client = _control(args)
+    if args.status or args.cancel:
+        answer = _answered(client, "DELETE" if args.cancel else "GET", args, "backfill")
+    else:
+        if not (args.start and args.end):
+            raise _UsageError(["backfill: --from and --to are required (or --status, --cancel)"])
+        body = {"from": args.start, "to": args.end, "policy": args.policy}
+        answer = _answered(client, "POST", args, "backfill", body)
+        if args.wait:
+            print(answer.body["summary"], flush=True)
+            answer = client.follow(args.trigger)
+    print(answer.body.get("summary") or answer.error)
+    return answer.exit_code
+
+
+def _resume(args: argparse.Namespace) -> int:
+    answer = _answered(_control(args), "POST", args, "resume")
+    print(f"{args.trigger}: " + ("resumed" if answer.body.get("resumed") else "was not paused"))
+    return EXIT_OK
 
 
 def _settings() -> Settings:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from bridge.cluster import Cluster
 from bridge.config import BridgeConfig, KubernetesTarget
+from bridge.cron_control import CronStateStore, FileStateStore, MemoryStateStore
 from bridge.exit_codes import EXIT_FAILURE, EXIT_OK
 from bridge.leadership import AlwaysLeader, Leadership
 from bridge.logs import Logger, get_logger
@@ -76,12 +77,16 @@ class Daemon:
             )
             services.append(Loop("config-reload", self.reloader.run))
         self.cluster: Cluster | None = None
+        self.state: CronStateStore = (
+            FileStateStore(settings.state_file) if settings.state_file else MemoryStateStore()
+        )
         leadership = self._attach_kubernetes(services, probes)
         self.runtime = Runtime(
             config, settings, metrics=self.metrics, log=self.log, supervisor=self.supervisor,
             leadership=leadership, services=services, probes=probes,
             kubernetes_pools=self.kubernetes.pool, resources=[self.kubernetes],
             cluster=self.cluster,
+            state=self.state,
         )
 
     async def _apply(self, config: BridgeConfig) -> Mapping[str, str]:
@@ -144,6 +149,11 @@ class Daemon:
             )
             probes["lease"] = lambda: lease.ready
             leadership = lease
+        if settings.leader_election or settings.cron_shards:
+            from bridge.kube.cron_state import LeaseStateStore
+
+            # shared by every replica: a pause or a backfill outlives a leader change
+            self.state = LeaseStateStore(client, f"{settings.lease_name}-state", self.log)
         if settings.watch_triggers:
             watcher = TriggerWatcher(
                 client, self.log, refresh=self.composer.refresh, leadership=leadership,

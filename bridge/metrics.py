@@ -293,6 +293,11 @@ class Metrics:
         self.kafka_commits = Counter(
             "bridge_kafka_commits", "Offset commits.", ["trigger"], registry=r
         )
+        self.control_requests = Counter(
+            "bridge_control_requests",
+            "Requests to the control endpoints (run-now, backfill, resume) by answer status "
+            "(401: missing or wrong token).", ["action", "code"], registry=r,
+        )
         self.source_paused = Gauge(
             "bridge_source_paused", "1 while the source is paused by backpressure.",
             ["trigger"], registry=r,

@@ -62,6 +62,8 @@ from bridge.config import (
     secrets_of,
     unused_quotas,
 )
+from bridge.control import ControlApi
+from bridge.cron_control import ControlError, CronStateStore, MemoryStateStore, ScheduleControl
 from bridge.deadletter import Sink, SinkRefused, sink_key
 from bridge.dispatcher import Dispatcher
 from bridge.errors import describe
@@ -160,13 +162,16 @@ class Runtime:
         kubernetes_pools: KubernetesPools | None = None,
         resources: Sequence[Closable] = (),
         cluster: Cluster | None = None,
+        state: CronStateStore | None = None,
     ) -> None:
         """``services``: loops started after the triggers and stopped before them
         (config reload, the Trigger watch). ``probes``: extra readiness checks by name
         (e.g. a Kubernetes watch refused by RBAC). ``resources``: closed at the end of
         the stop, with the sinks (a Kubernetes API client). ``cluster``: the live
         replicas (its loop runs from the start; it is left after the drain); with
-        ``BRIDGE_CLUSTER_QUOTAS`` each replica enforces its share of every quota."""
+        ``BRIDGE_CLUSTER_QUOTAS`` each replica enforces its share of every quota.
+        ``state``: where cron triggers keep a pause and a backfill's progress (default:
+        in memory)."""
         self.config = config
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -177,6 +182,7 @@ class Runtime:
             metrics=self.metrics,
             log=self.log,
             leadership=self.leadership,
+            state=state or MemoryStateStore(),
         )
         self._services = tuple(services)
         self._probes = dict(probes or {})
@@ -188,8 +194,10 @@ class Runtime:
         self.triggers: dict[str, RunningTrigger] = {}
         #: Triggers of the config that could not be built (see :meth:`apply`).
         self.failures: dict[str, BuildFailure] = {}
+        control = ControlApi(self.schedule_control, settings.control_token_file,
+                             self.metrics, self.log)
         self.admin = AdminServer(
-            self.metrics, self.readiness, settings.admin_host, settings.admin_port
+            self.metrics, self.readiness, settings.admin_host, settings.admin_port, control
         )
         self._session: aiohttp.ClientSession | None = None
         self._invoker: Invoker | None = None
@@ -317,7 +325,26 @@ class Runtime:
         for name, running in self.triggers.items():
             if running.dispatcher.blocked:  # dead letters every sink refuses: see dispatcher
                 ready[f"dead_letter:{name}"] = False
+            control = running.connector.control
+            if control is not None and control.paused is not None:  # pause_on_failure
+                ready[f"paused:{name}"] = False
         return ready
+
+    def schedule_control(self, trigger: str) -> tuple[ScheduleControl, str]:
+        """The control of running cron trigger ``trigger`` and its time zone;
+        ControlError 404 (unknown) or 409 (not cron, not running)."""
+        running = self.triggers.get(trigger)
+        known = {t.name: t for t in self.config.triggers}
+        if trigger not in known:
+            raise ControlError(404, f"no trigger named {trigger!r}")
+        config = known[trigger]
+        if config.cron is None:
+            raise ControlError(409, f"trigger {trigger!r} is a {config.kind} trigger: only "
+                                    "cron triggers run now, backfill or resume")
+        control = None if running is None else running.connector.control
+        if control is None:
+            raise ControlError(409, f"trigger {trigger!r} is not running (see /readyz)")
+        return control, config.cron.time_zone
 
     def last_schedule_time(self, trigger: str) -> datetime | None:
         """The scheduled time of the last tick ``trigger`` fired (cron), else None."""

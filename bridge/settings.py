@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     uvloop: bool = True
     #: Identity used in leases and logs (the pod name in Kubernetes).
     instance: str | None = None
+    #: File holding the bearer token of the control endpoints (run-now, backfill,
+    #: resume); unset: those endpoints are off (403).
+    control_token_file: str | None = None
+    #: Where cron triggers keep a pause and a backfill's progress across restarts when
+    #: there is no leader election (with it, annotations on the Lease <lease_name>-state).
+    state_file: str | None = None
 
     # --- Kubernetes (bridge.kube; imported only when one of these features is used) ---
     #: Namespace for Lease, Trigger resources and functions without one (default: the

@@ -50,7 +50,7 @@ def check_rules(path: Path) -> subprocess.CompletedProcess[str]:
 def test_promtool_checks_the_rules(tmp_path: Path) -> None:
     result = check_rules(rule(alert_groups(), tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
 
 
 def test_promtool_check_can_fail(tmp_path: Path) -> None:
