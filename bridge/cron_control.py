@@ -97,6 +97,10 @@ class ScheduleControl(Protocol):
     not lead the trigger (another one does: ask it), 400 for a bad request.
     """
 
+    @property
+    def leads(self) -> bool:
+        """True while the trigger runs and this replica leads it (may act)."""
+
     def run_now(self, requested: datetime) -> ManualRun:
         """Fire once now with the trigger's data (id ``<trigger>/manual/<time>``)."""
 

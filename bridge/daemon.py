@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING
 
 from bridge.cluster import Cluster
 from bridge.config import BridgeConfig, KubernetesTarget
-from bridge.cron_control import CronStateStore, FileStateStore, MemoryStateStore
+from bridge.cron_control import (
+    CronStateStore,
+    FileStateStore,
+    MemoryStateStore,
+    ScheduleControl,
+)
 from bridge.exit_codes import EXIT_FAILURE, EXIT_OK
 from bridge.leadership import AlwaysLeader, Leadership
 from bridge.logs import Logger, get_logger
@@ -158,6 +163,7 @@ class Daemon:
             watcher = TriggerWatcher(
                 client, self.log, refresh=self.composer.refresh, leadership=leadership,
                 last_schedule_time=self._last_schedule_time, identity=identity,
+                control=self._schedule_control,
             )
             self.composer.add_source(watcher)
             services += [Loop("trigger-resources", watcher.run),
@@ -167,6 +173,9 @@ class Daemon:
 
     def _last_schedule_time(self, trigger: str) -> datetime | None:
         return self.runtime.last_schedule_time(trigger)
+
+    def _schedule_control(self, trigger: str) -> tuple[ScheduleControl, str]:
+        return self.runtime.schedule_control(trigger)
 
     async def start(self) -> None:
         """Start the runtime; ConfigError when a trigger's settings are refused."""

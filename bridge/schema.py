@@ -303,6 +303,37 @@ _STATUS = {
     "properties": {
         "observedGeneration": {"type": "integer", "format": "int64"},
         "lastScheduleTime": {"type": "string", "format": "date-time"},
+        "runNow": {
+            "type": "object",
+            "description": "The last triggerbridge.dev/run-now annotation value acted on.",
+            "properties": {
+                "value": {"type": "string"},
+                "eventId": {"type": "string"},
+                "time": {"type": "string", "format": "date-time"},
+            },
+        },
+        "backfill": {
+            "type": "object",
+            "description": "The backfill asked by the triggerbridge.dev/backfill annotation "
+                           "(value acted on) and its progress, or why it was refused.",
+            "properties": {
+                "value": {"type": "string"},
+                "error": {"type": "string"},
+                "state": {"type": "string", "enum": ["running", "done", "cancelled"]},
+                "policy": {"type": "string"},
+                "start": {"type": "string"},
+                "end": {"type": "string"},
+                "total": {"type": "integer"},
+                "exact": {"type": "boolean"},
+                "settled": {"type": "integer"},
+                "delivered": {"type": "integer"},
+                "dead_lettered": {"type": "integer"},
+                "done_until": {"type": "string"},
+                "started_at": {"type": "string"},
+                "finished_at": {"type": "string"},
+                "summary": {"type": "string"},
+            },
+        },
         "conditions": {
             "type": "array",
             "x-kubernetes-list-type": "map",
@@ -330,6 +361,8 @@ _PRINTER_COLUMNS = [
      "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
     {"name": "Schedule", "type": "string", "jsonPath": ".spec.cron.schedule"},
     {"name": "Last Schedule", "type": "date", "jsonPath": ".status.lastScheduleTime"},
+    {"name": "Paused", "type": "string", "priority": 1,
+     "jsonPath": '.status.conditions[?(@.type=="Paused")].status'},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -484,6 +484,11 @@ class CronConnector:
         self._start(self._event(moment, event_id=event_id))
         return ManualRun(self._name, event_id, format_time(moment))
 
+    @property
+    def leads(self) -> bool:
+        return (self._started and not self._source.suspend
+                and self._context.leadership.is_leader)
+
     def _require_leader(self, what: str) -> None:
         if not self._started or self._source.suspend:
             raise ControlError(409, f"trigger {self._name!r} is not running (suspended or "
@@ -551,7 +556,7 @@ class CronConnector:
             delay = jitter_delay(self._name, tick, self._source.jitter)
             self._mailbox.put(self._event(tick, delay, settler=self._settle_backfill))
             self._stats.cron_backfilled += 1
-        if not backfill.running:
+        if backfill.progress.state == "done":
             self._log.info("backfill finished", summary=backfill.progress.summary)
 
     async def _settle_backfill(self, event: Event, disposition: Disposition) -> None:
@@ -561,12 +566,10 @@ class CronConnector:
         assert event.time is not None  # every cron event has its scheduled time
         backfill.settled(event.time, disposition)
         if disposition is Disposition.DEAD_LETTERED and self._source.pause_on_failure:
-            await self._pause(event)
-        else:
-            await self._save()
-        if not backfill.running and backfill.progress.state == "done":
-            self._log.info("backfill finished", summary=backfill.progress.summary)
-        self._release_backfill()
+            await self._pause(event)  # saves; the backfill waits for the resume
+            return
+        self._release_backfill()  # before the save: it may find the range exhausted
+        await self._save()
 
     # --- state that outlives the process --------------------------------------------
 
@@ -605,7 +608,7 @@ class CronConnector:
         if isinstance(backfill, dict) and not (local is not None and local.in_flight):
             progress = BackfillProgress.from_json(backfill)
             self._backfill = Backfill(progress, self._calendar, self._window)
-            if progress.state == "running":
+            if progress.state == "running" and self._context.leadership.is_leader:
                 self._log.info("backfill resumed", summary=progress.summary,
                                done_until=progress.done_until)
 

@@ -14,6 +14,7 @@ refused is tried again after ``interval``.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 
 from kubernetes_asyncio.client import CoreV1Api, CustomObjectsApi
 
+from bridge.cron_control import ControlError, ScheduleControl
 from bridge.kube.client import EVENTS, TRIGGER_GROUP, TRIGGER_VERSION, TRIGGERS, KubeClient
 from bridge.kube.errors import KubeError, log_api_error
 from bridge.kube.triggers import TriggerState
@@ -29,6 +31,10 @@ from bridge.logs import Logger
 
 API_VERSION = f"{TRIGGER_GROUP}/{TRIGGER_VERSION}"
 MERGE_PATCH = "application/merge-patch+json"
+
+
+#: The control of a running cron trigger (``Runtime.schedule_control``).
+ControlLookup = Callable[[str], tuple[ScheduleControl, str]]
 
 
 class TriggerStates(Protocol):
@@ -51,8 +57,10 @@ class TriggerStatusWriter:
         namespace: str | None = None,
         identity: str = "trigger-bridge",
         interval: float = 2.0,
+        control: ControlLookup | None = None,
     ) -> None:
         self._kube = kube
+        self._control = control
         self._states = states
         self._leadership = leadership
         self._last_schedule_time = last_schedule_time
@@ -63,6 +71,8 @@ class TriggerStatusWriter:
         self._pending: asyncio.Queue[str] = asyncio.Queue()
         self._reported: dict[str, tuple[int, str, str]] = {}
         self._schedules: dict[str, str] = {}
+        #: What the cron status last said, by trigger: (paused event id, backfill json).
+        self._cron: dict[str, tuple[str | None, str | None]] = {}
         self._failed: set[str] = set()
         leadership.on_change(self._on_leadership)
 
@@ -78,6 +88,7 @@ class TriggerStatusWriter:
         self._failed.discard(name)
         self._reported.pop(name, None)
         self._schedules.pop(name, None)
+        self._cron.pop(name, None)
 
     async def run(self) -> None:
         """Write statuses as states change; when idle for ``interval``, retry the
@@ -91,6 +102,7 @@ class TriggerStatusWriter:
                     self._pending.put_nowait(name)
                 self._failed.clear()
                 await self._report_schedules()
+                await self._report_cron()
                 continue
             await self._report(name)
 
@@ -98,6 +110,7 @@ class TriggerStatusWriter:
         if leader:
             self._reported.clear()
             self._schedules.clear()
+            self._cron.clear()
             for name in self._states.names():
                 self._pending.put_nowait(name)
 
@@ -109,7 +122,8 @@ class TriggerStatusWriter:
         if self._reported.get(name) == state.key:
             return
         try:
-            await self._patch_status(name, {"status": ready_status(obj, state)})
+            paused = self._cron_state(name)[0]
+            await self._patch_status(name, {"status": ready_status(obj, state, paused)})
             await self._kube.call("create", EVENTS, CoreV1Api.create_namespaced_event,
                                   namespace=self.namespace,
                                   body=self._event(obj, state))
@@ -118,6 +132,47 @@ class TriggerStatusWriter:
             self._failed.add(name)
             return
         self._reported[name] = state.key
+
+    async def patch(self, name: str, status: dict[str, Any]) -> None:
+        """Merge ``status`` into the Trigger's status (KubeError if refused)."""
+        await self._patch_status(name, {"status": status})
+
+    def _cron_state(self, name: str) -> tuple[str | None, str | None]:
+        """(paused event id, backfill progress as JSON) of cron trigger ``name``."""
+        if self._control is None:
+            return None, None
+        try:
+            control, _ = self._control(name)
+        except ControlError:
+            return None, None
+        progress = control.backfill_progress
+        return control.paused, None if progress is None else json.dumps(
+            progress.to_json() | {"summary": progress.summary}, sort_keys=True)
+
+    async def _report_cron(self) -> None:
+        """Write the ``Paused`` condition and backfill progress of cron Triggers whose
+        pause or backfill changed."""
+        if not self._leadership.is_leader:
+            return
+        for name in self._states.names():
+            current = self._states.current(name)
+            if current is None or not current[1].ok:
+                continue
+            cron = self._cron_state(name)
+            if self._cron.get(name, (None, None)) == cron:
+                continue
+            obj, state = current
+            status: dict[str, Any] = {"conditions": ready_status(obj, state, cron[0])[
+                "conditions"]}
+            if cron[1] is not None:
+                status["backfill"] = {k: v for k, v in json.loads(cron[1]).items()
+                                      if k not in ("done_after", "trigger") and v is not None}
+            try:
+                await self._patch_status(name, {"status": status})
+            except KubeError as err:
+                log_api_error(self._log, err, f"status of Trigger {name}", None)
+                continue
+            self._cron[name] = cron
 
     async def _patch_status(self, name: str, body: dict[str, Any]) -> None:
         await self._kube.call(
@@ -165,9 +220,13 @@ class TriggerStatusWriter:
             self._schedules[name] = stamp
 
 
-def ready_status(obj: dict[str, Any], state: TriggerState) -> dict[str, Any]:
+def ready_status(
+    obj: dict[str, Any], state: TriggerState, paused: str | None = None
+) -> dict[str, Any]:
     """The ``status`` a Trigger object gets for ``state``: its Ready condition (whose
-    ``lastTransitionTime`` moves only when its status does)."""
+    ``lastTransitionTime`` moves only when its status does) and, while the cron trigger
+    is paused after a failure, a ``Paused`` condition (``paused``: the dead-lettered
+    event). The list is written whole (a merge patch replaces lists)."""
     now = _seconds(datetime.now(UTC))
     status = "True" if state.ok else "False"
     old: dict[str, Any] = next((c for c in (obj.get("status") or {}).get("conditions") or []
@@ -178,7 +237,18 @@ def ready_status(obj: dict[str, Any], state: TriggerState) -> dict[str, Any]:
         "lastTransitionTime": old.get("lastTransitionTime", now)
         if old.get("status") == status else now,
     }
-    return {"observedGeneration": state.generation, "conditions": [condition]}
+    conditions = [condition]
+    if paused is not None:
+        was: dict[str, Any] = next((c for c in (obj.get("status") or {}).get("conditions")
+                                    or [] if c.get("type") == "Paused"), {})
+        conditions.append({
+            "type": "Paused", "status": "True", "reason": "RunDeadLettered",
+            "message": f"run {paused} was dead-lettered (pause_on_failure): fix the cause, "
+                       "then delete this condition or run trigger-bridge resume",
+            "observedGeneration": state.generation,
+            "lastTransitionTime": was.get("lastTransitionTime", now),
+        })
+    return {"observedGeneration": state.generation, "conditions": conditions}
 
 
 def _seconds(moment: datetime) -> str:

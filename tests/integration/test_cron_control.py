@@ -360,6 +360,9 @@ async def test_backfill_resumes_after_a_restart_and_fires_nothing_settled_twice(
     assert sorted(tick_of(i) for i in ids) == [
         datetime(2026, 1, 3, h, tzinfo=UTC) for h in range(24)]
     assert status[1].strip().endswith("done, 24/24 settled (24 delivered, 0 dead-lettered)")
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["hourly"]["backfill"]["state"] == "done"
+    assert state["hourly"]["backfill"]["done_until"] == "2026-01-03T23:00:00Z"
     resumed = logged(bridge, "backfill resumed")
     assert resumed
     assert resumed[0]["done_until"] == f"2026-01-03T{done_before - 1:02d}:00:00Z"
