@@ -159,20 +159,35 @@ class MemoryStateStore:
 
 class FileStateStore:
     """A JSON file ``{trigger: document}``, replaced atomically on each save (a write
-    to a temporary file, fsync, rename): a crash leaves the old or the new file."""
+    to a temporary file, fsync, rename): a crash leaves the old or the new file. The
+    process is its only writer: it is read once, then served from memory."""
 
     durable = True
 
     def __init__(self, path: str) -> None:
         self._path = Path(path)
         self._lock = asyncio.Lock()
+        self._data: dict[str, Any] | None = None
 
     async def load(self, trigger: str) -> dict[str, Any]:
-        return dict((await asyncio.to_thread(self._read)).get(trigger, {}))
+        async with self._lock:
+            data = await self._loaded()
+        return dict(data.get(trigger, {}))
 
     async def save(self, trigger: str, state: dict[str, Any]) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._update, trigger, state)
+            data = dict(await self._loaded())
+            if state:
+                data[trigger] = state
+            else:
+                data.pop(trigger, None)
+            await asyncio.to_thread(self._write, data)
+            self._data = data
+
+    async def _loaded(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = await asyncio.to_thread(self._read)
+        return self._data
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -183,12 +198,7 @@ class FileStateStore:
             raise OSError(f"{self._path}: not a JSON document") from None
         return data if isinstance(data, dict) else {}
 
-    def _update(self, trigger: str, state: dict[str, Any]) -> None:
-        data = self._read()
-        if state:
-            data[trigger] = state
-        else:
-            data.pop(trigger, None)
+    def _write(self, data: dict[str, Any]) -> None:
         temporary = self._path.with_name(f".{self._path.name}.tmp")
         with temporary.open("w", encoding="utf-8") as out:
             json.dump(data, out, sort_keys=True)

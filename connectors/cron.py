@@ -41,6 +41,7 @@ Every computation over past ticks is bounded whatever the outage was:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections import deque
@@ -178,10 +179,7 @@ class CronConnector:
         self._started = False
         self._stats = context.metrics.trigger(self._name, trigger.function_name)
         self._bound_log: Logger | None = None
-        self._window = trigger.concurrency
-        #: What the trigger was paused under (see pause_on_failure): a change of it resumes.
-        self._fingerprint = hashlib.sha256(
-            trigger.config.model_dump_json().encode()).hexdigest()[:16]
+        self._trigger = trigger
         # Created on first use: most triggers never jitter, buffer, pause or backfill.
         self._timers: dict[datetime, asyncio.TimerHandle] | None = None
         self._buffer: deque[datetime] | None = None
@@ -192,6 +190,11 @@ class CronConnector:
         if source.concurrency_policy in ("BufferOne", "BufferAll"):
             self._stats.cron_buffered = 0
         context.leadership.on_change(self._on_leadership)
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        """What the trigger was paused under (pause_on_failure): a change of it resumes."""
+        return hashlib.sha256(self._trigger.config.model_dump_json().encode()).hexdigest()[:16]
 
     @property
     def _log(self) -> Logger:
@@ -523,7 +526,7 @@ class CronConnector:
         progress = BackfillProgress(
             self._name, format_time(start.astimezone(UTC)), format_time(end.astimezone(UTC)),
             policy=policy, total=total, exact=exact, started_at=format_time(_now()))
-        self._backfill = Backfill(progress, self._calendar, self._window)
+        self._backfill = Backfill(progress, self._calendar, self._trigger.concurrency)
         if not self._context.state.durable:
             self._log.warning("backfill progress is not durable: a restart forgets it "
                               "(set BRIDGE_STATE_FILE or use leader election)")
@@ -607,7 +610,7 @@ class CronConnector:
         local = self._backfill
         if isinstance(backfill, dict) and not (local is not None and local.in_flight):
             progress = BackfillProgress.from_json(backfill)
-            self._backfill = Backfill(progress, self._calendar, self._window)
+            self._backfill = Backfill(progress, self._calendar, self._trigger.concurrency)
             if progress.state == "running" and self._context.leadership.is_leader:
                 self._log.info("backfill resumed", summary=progress.summary,
                                done_until=progress.done_until)
