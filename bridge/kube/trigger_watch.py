@@ -84,7 +84,9 @@ class TriggerWatcher:
     async def run(self) -> None:
         """Watch the Trigger objects and act on their annotations until cancelled
         (``status.run`` is the other loop)."""
-        await asyncio.gather(self._reflector.run(), self._act_loop())
+        async with asyncio.TaskGroup() as loops:  # one failing cancels the other
+            loops.create_task(self._reflector.run())
+            loops.create_task(self._act_loop())
 
     # --- annotations: run now, backfill; a removed Paused condition ---------------------
 
