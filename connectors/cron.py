@@ -33,6 +33,26 @@ CronJob semantics implemented by the connector:
   :class:`CronClock` by trigger name), so a config reload or Trigger change that
   restarts the trigger does not fire the latest tick again.
 
+Beyond CronJob (issue 13):
+
+- the ticks come from the trigger's :class:`~bridge.schedule.Calendar`: ``start_at`` /
+  ``end_at`` bound them and ``exclude`` drops whole days;
+- ``jitter``: a due tick fires after its :func:`~bridge.schedule.jitter_delay` (the
+  same on every replica); id and ``ce-time`` keep the scheduled time, and the lag and
+  the starting deadline count from the delayed time;
+- ``BufferOne`` / ``BufferAll``: a tick due while a run is unsettled waits (one, or up
+  to ``max_buffered``) and starts when it settles; past the bound it is skipped
+  (``buffer_full``). Waiting ticks live in memory only;
+- ``pause_on_failure``: a run that ends dead-lettered pauses the trigger (ticks skipped
+  as ``paused``) until resumed; the pause is saved in the cron state store
+  (``context.state``) with a fingerprint of the trigger's settings, so a restart or a
+  new leader keeps it and a change of the settings resumes it;
+- :class:`~bridge.cron_control.ScheduleControl` (``control``): run now, backfill (the
+  bookkeeping in :mod:`connectors.cron_backfill`, its progress saved per settled tick),
+  resume. Each acts only while ``context.leadership`` says this replica leads the
+  trigger, so the cron Lease (or the trigger's shard) decides who acts. State work
+  (loading, saving) runs in the trigger's pump: the mailbox carries it next to events.
+
 Every computation over past ticks is bounded whatever the outage was:
 :meth:`~bridge.schedule.Schedule.last_at_or_before` finds the latest tick in
 ``O(log span)`` steps, and the only loop over ticks is inside the handover window.
