@@ -155,10 +155,11 @@ class Daemon:
             probes["lease"] = lambda: lease.ready
             leadership = lease
         if settings.leader_election or settings.cron_shards:
-            from bridge.kube.cron_state import LeaseStateStore
+            from bridge.kube.cron_state import LeaseStateStore, state_lease_name
 
             # shared by every replica: a pause or a backfill outlives a leader change
-            self.state = LeaseStateStore(client, f"{settings.lease_name}-state", self.log)
+            self.state = LeaseStateStore(client, state_lease_name(settings.lease_name),
+                                         self.log)
         if settings.watch_triggers:
             watcher = TriggerWatcher(
                 client, self.log, refresh=self.composer.refresh, leadership=leadership,

@@ -30,6 +30,11 @@ _CACHE_SECONDS = 1.0
 _CONFLICT_ATTEMPTS = 5
 
 
+def state_lease_name(lease: str) -> str:
+    """The Lease holding the cron state of a bridge whose cron Lease is ``lease``."""
+    return f"{lease}-state"
+
+
 class LeaseStateStore:
     durable = True
 

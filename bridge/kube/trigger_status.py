@@ -151,12 +151,12 @@ class TriggerStatusWriter:
 
     async def _report_cron(self) -> None:
         """Write the ``Paused`` condition and backfill progress of cron Triggers whose
-        pause or backfill changed."""
-        if not self._leadership.is_leader:
-            return
+        pause or backfill changed (each by the replica leading that trigger)."""
         for name in self._states.names():
             current = self._states.current(name)
             if current is None or not current[1].ok:
+                continue
+            if not self._leadership.for_trigger(name).is_leader:
                 continue
             cron = self._cron_state(name)
             if self._cron.get(name, (None, None)) == cron:

@@ -110,3 +110,67 @@ async def test_backfill_runs_once_and_survives_a_leader_change(
     assert state is not None
     document = json.loads(state["metadata"]["annotations"]["cron.triggerbridge.dev/hourly"])
     assert document["backfill"]["state"] == "done"
+
+
+async def test_with_cron_shards_each_trigger_is_acted_on_by_its_shard_holder_once(
+    api: KubeApi, tmp_path: Path
+) -> None:
+    """BRIDGE_CRON_SHARDS: run-now and backfill follow the trigger's own shard Lease
+    (context.leadership), so with triggers spread over two replicas each request is
+    accepted by exactly one of them, whichever holds that trigger's shard."""
+    names = [f"job-{n}" for n in range(6)]
+    triggers = "\n".join(f'  - {{name: {n}, function: fn, cron: {{schedule: "0 * * * *"}}}}'
+                         for n in names)
+    cfg = f"""
+defaults:
+  retry: {{max_attempts: 1}}
+  dead_letter: {{file: {{path: "{tmp_path / 'dl.jsonl'}"}}}}
+functions:
+  fn: {{url: "URL"}}
+triggers:
+{triggers}
+"""
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for directory in dirs:
+        directory.mkdir()
+
+    def shard_env(instance: str) -> dict[str, str]:
+        return {**control_env(tmp_path), "BRIDGE_KUBECONFIG": str(api.kubeconfig(tmp_path)),
+                "BRIDGE_INSTANCE": instance, "BRIDGE_CRON_SHARDS": "4",
+                "BRIDGE_LEASE_DURATION": "3s", "BRIDGE_LEASE_RENEW_DEADLINE": "2s",
+                "BRIDGE_LEASE_RETRY_PERIOD": "500ms"}
+
+    async with (
+        RecordingFunction() as fn,
+        BridgeProcess(cfg.replace("URL", fn.url), dirs[0], shard_env("replica-a")) as a,
+        BridgeProcess(cfg.replace("URL", fn.url), dirs[1], shard_env("replica-b")) as b,
+    ):
+        await wait(lambda: round(a.metric("bridge_cron_leader"))
+                   + round(b.metric("bridge_cron_leader")) == 4
+                   and min(round(a.metric("bridge_cron_leader")),
+                           round(b.metric("bridge_cron_leader"))) >= 1, 30)
+        accepted: Counter[str] = Counter()
+        for name in names:
+            answers = await asyncio.gather(cli(a, "run-now", name), cli(b, "run-now", name),
+                                           cli(a, "backfill", name, "--from",
+                                               "2026-01-05T00:00:00Z", "--to",
+                                               "2026-01-05T01:00:00Z"),
+                                           cli(b, "backfill", name, "--from",
+                                               "2026-01-05T00:00:00Z", "--to",
+                                               "2026-01-05T01:00:00Z"))
+            codes = [answer[0] for answer in answers]
+            assert sorted(codes[:2]) == [0, 2], answers
+            assert sorted(codes[2:]) == [0, 2], answers
+            assert codes[0] == codes[2], "run-now and backfill went to different replicas"
+            accepted["a" if codes[0] == 0 else "b"] += 1
+        await fn.wait_calls(3 * len(names), timeout=30)
+        await asyncio.sleep(1.0)
+        assert await a.terminate() == 0
+        assert await b.terminate() == 0
+    assert set(accepted) == {"a", "b"}  # the triggers are spread over both replicas
+    counts = Counter(fn.ids())
+    assert max(counts.values()) == 1
+    for name in names:
+        assert counts[f"{name}/2026-01-05T00:00:00Z"] == 1
+        assert counts[f"{name}/2026-01-05T01:00:00Z"] == 1
+        assert sum(1 for i in counts if i.startswith(f"{name}/manual/")) == 1

@@ -22,6 +22,7 @@ import yaml
 from bridge.config import BridgeConfig, SinkConfig, parse_config
 from bridge.durations import parse_duration
 from bridge.kube.client import TRIGGER_GROUP, TRIGGER_VERSION
+from bridge.kube.cron_state import state_lease_name
 from bridge.kube.members import members_lease_name
 from bridge.kube.shards import shard_lease_name
 from bridge.kube.triggers import validate_trigger
@@ -237,6 +238,8 @@ def test_role_grants_exactly_the_verbs_used() -> None:
               else [])
     leases += ([shard_lease_name(lease, shards, i) for i in range(shards)] if shards
                else [lease])
+    # the cron state (pauses, backfill progress) with leader election or shards
+    leases += [state_lease_name(lease)]
     assert granted == {
         ("discovery.k8s.io", "endpointslices", ()): ["list", "watch"],
         ("triggerbridge.dev", "triggers", ()): ["get", "list", "watch"],
