@@ -70,7 +70,8 @@ functions:
   fn: {{url: "{url}"}}
 triggers:
   - {{name: flaky, function: fn, cron: {{schedule: "* * * * * *"}}}}
-  - {{name: refused, function: fn, cron: {{schedule: "* * * * * *", pause_on_failure: true}}}}
+  - {{name: refused, function: fn, cron: {{schedule: "* * * * * *"}}}}
+  - {{name: guarded, function: fn, cron: {{schedule: "* * * * * *", pause_on_failure: true}}}}
   - name: slow
     function: fn
     cron: {{schedule: "* * * * * *", concurrency_policy: Forbid}}
