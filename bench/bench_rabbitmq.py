@@ -1,6 +1,6 @@
 """RabbitMQ trigger benchmark: the bridge against a raw aio-pika consumer, same run.
 
-    .venv/bin/python bench/bench_rabbitmq.py [--messages 50000] [--prefetch 100]
+    .venv/bin/python bench/bench_rabbitmq.py [--messages 50000] [--prefetch 100] [--batch]
 
 Needs the RabbitMQ server at 127.0.0.1:5672 (guest/guest). Prints JSON lines.
 
@@ -58,6 +58,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 SENT_HEADER = "sent"
+BATCH = "application/cloudevents-batch+json"
 
 
 def free_port() -> int:
@@ -86,8 +87,16 @@ def serve_function(port: int) -> None:
     latencies: list[float] = []
 
     async def post(request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
         now = time.time()
+        if request.content_type == BATCH:  # a batch function: one answer for all
+            for event in json.loads(body):
+                received.append(now)
+                headers = json.loads(event.get("bridgeheaders", "{}"))
+                sent = headers.get(f"amqp-header-{SENT_HEADER}")
+                if sent:
+                    latencies.append(now - float(sent))
+            return web.Response()
         received.append(now)
         sent = request.headers.get(f"amqp-header-{SENT_HEADER}")
         if sent:
@@ -203,17 +212,23 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_contender(name: str, queue: str, function: Function, prefetch: int,
-                    workdir: Path) -> subprocess.Popen[bytes]:
+                    workdir: Path, *, batch: dict[str, Any] | None = None,
+                    concurrency: int | None = None) -> subprocess.Popen[bytes]:
+    """``batch``: the bridge's trigger gets this ``batch:`` (and ``concurrency``)."""
     if name == "baseline":
         args = [sys.executable, __file__, "--role", "baseline", "--queue", queue,
                 "--function-url", function.url, "--prefetch", str(prefetch)]
         return subprocess.Popen(args)
     config = workdir / f"bridge-{queue}.yaml"
+    trigger: dict[str, Any] = {
+        "name": "bench", "function": "fn", "concurrency": concurrency or prefetch,
+        "rabbitmq": {"url": BROKER, "queue": queue, "prefetch": prefetch}}
+    if batch:
+        trigger["batch"] = batch
     config.write_text(json.dumps({
         "defaults": {"dead_letter": {"file": {"path": str(workdir / "dead-letters.jsonl")}}},
         "functions": {"fn": {"url": function.url}},
-        "triggers": [{"name": "bench", "function": "fn", "concurrency": prefetch,
-                      "rabbitmq": {"url": BROKER, "queue": queue, "prefetch": prefetch}}],
+        "triggers": [trigger],
     }))
     env = {**os.environ, "BRIDGE_ADMIN_PORT": str(free_port()), "BRIDGE_ADMIN_HOST": "127.0.0.1",
            "BRIDGE_LOG_LEVEL": "warning"}
@@ -247,6 +262,14 @@ async def fresh_queue(channel: aio_pika.abc.AbstractChannel, label: str) -> str:
     return queue
 
 
+def _batch_mode(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """start_contender's settings of a batch-mode bridge (``bridge_batch``), else none."""
+    if name != "bridge_batch":
+        return {}
+    return {"prefetch": args.batch_prefetch, "concurrency": args.batch_concurrency,
+            "batch": {"max_events": args.batch_events, "max_wait": args.batch_wait}}
+
+
 async def throughput(name: str, args: argparse.Namespace, function: Function,
                      channel: aio_pika.abc.AbstractChannel, workdir: Path) -> dict[str, float]:
     """Drain a pre-published backlog; rate from first to last receipt at the function."""
@@ -254,7 +277,8 @@ async def throughput(name: str, args: argparse.Namespace, function: Function,
     try:
         await publish(channel, queue, args.messages, args.size)
         await function.call("POST", "/reset")
-        process = start_contender(name, queue, function, args.prefetch, workdir)
+        process = start_contender(name, queue, function, workdir=workdir,
+                                  **{"prefetch": args.prefetch, **_batch_mode(name, args)})
         profilers: list[subprocess.Popen[bytes]] = []
 
         def profile() -> None:
@@ -289,16 +313,20 @@ def start_profiler(pid: int, folder: Path, name: str) -> subprocess.Popen[bytes]
 
 
 async def latency(name: str, args: argparse.Namespace, function: Function,
-                  channel: aio_pika.abc.AbstractChannel, workdir: Path) -> dict[str, float]:
+                  channel: aio_pika.abc.AbstractChannel, workdir: Path, *,
+                  rate: float | None = None, messages: int | None = None) -> dict[str, float]:
     """A steady rate into an idle consumer; latency = receipt - publish time."""
+    rate = rate or args.rate
+    messages = messages or args.latency_messages
     queue = await fresh_queue(channel, f"{name}-latency")
     try:
         await function.call("POST", "/reset")
-        process = start_contender(name, queue, function, args.prefetch, workdir)
+        process = start_contender(name, queue, function, workdir=workdir,
+                                  **{"prefetch": args.prefetch, **_batch_mode(name, args)})
         try:
             await asyncio.sleep(3.0)  # started and consuming
-            await publish(channel, queue, args.latency_messages, args.size, rate=args.rate)
-            stats = await function.wait_count(args.latency_messages, timeout=120)
+            await publish(channel, queue, messages, args.size, rate=rate)
+            stats = await function.wait_count(messages, timeout=120)
         finally:
             process.terminate()
             process.wait(30)
@@ -369,6 +397,47 @@ async def drive(args: argparse.Namespace) -> None:
              "asyncio_ratio_median_of_rounds": round(statistics.median(asyncio_ratios), 3)}))
 
 
+async def drive_batch(args: argparse.Namespace) -> None:
+    """``--batch`` (issue 12): the bridge in batch mode against the raw per-message
+    consumer (throughput, rounds alternating), then latency at ``--batch-rates`` for
+    batch mode and per-message mode."""
+    connection = await aio_pika.connect(BROKER)
+    channel = await connection.channel()
+    rates: dict[str, list[float]] = {"baseline": [], "bridge_batch": []}
+    with Function() as function, tempfile.TemporaryDirectory() as tmp:
+        await function.wait_up()
+        for round_ in range(args.rounds):
+            order = ("baseline", "bridge_batch")
+            for name in order if round_ % 2 == 0 else order[::-1]:
+                run = await throughput(name, args, function, channel, Path(tmp))
+                rates[name].append(run["per_second"])
+                emit(phase="batch_throughput", round=round_, contender=name,
+                     messages=args.messages, size=args.size, **_described(name, args),
+                     seconds=round(run["seconds"], 3), per_second=round(run["per_second"], 1),
+                     cpu_per_message_us=round(run["cpu_us"], 1))
+        medians = {name: statistics.median(values) for name, values in rates.items()}
+        emit(phase="batch_summary", rounds=args.rounds,
+             median_per_second={k: round(v, 1) for k, v in medians.items()},
+             per_round=[round(b / a, 2) for a, b in
+                        zip(rates["baseline"], rates["bridge_batch"], strict=True)],
+             speedup=round(medians["bridge_batch"] / medians["baseline"], 2), target=5)
+        for rate in args.batch_rates:
+            count = max(200, int(rate * args.batch_seconds))
+            for name in ("bridge_batch", "bridge"):
+                result = await latency(name, args, function, channel, Path(tmp),
+                                       rate=rate, messages=count)
+                emit(phase="batch_latency", contender=name, rate=rate,
+                     messages=int(result["count"]), **_described(name, args),
+                     p50_ms=round(result["p50"], 1), p99_ms=round(result["p99"], 1),
+                     max_ms=round(result["max"], 1))
+    await connection.close()
+
+
+def _described(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    mode = _batch_mode(name, args)
+    return mode if mode else {"prefetch": args.prefetch}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=50_000)
@@ -384,6 +453,14 @@ def main() -> None:
                         help="a third contender each round: the bridge with BRIDGE_UVLOOP=false")
     parser.add_argument("--py-spy", metavar="DIR",
                         help="profile each throughput drain with py-spy into DIR")
+    parser.add_argument("--batch", action="store_true",
+                        help="compare batch mode with the baseline instead (issue 12)")
+    parser.add_argument("--batch-events", type=int, default=100)
+    parser.add_argument("--batch-wait", default="50ms")
+    parser.add_argument("--batch-prefetch", type=int, default=1000)
+    parser.add_argument("--batch-concurrency", type=int, default=8)
+    parser.add_argument("--batch-rates", type=float, nargs="*", default=[100.0, 1000.0])
+    parser.add_argument("--batch-seconds", type=float, default=5.0)
     parser.add_argument("--role", choices=("driver", "function", "baseline"), default="driver")
     parser.add_argument("--port", type=int)
     parser.add_argument("--queue")
@@ -393,6 +470,8 @@ def main() -> None:
         serve_function(args.port)
     elif args.role == "baseline":
         asyncio.run(run_baseline(args.queue, args.function_url, args.prefetch))
+    elif args.batch:
+        asyncio.run(drive_batch(args))
     else:
         asyncio.run(drive(args))
 

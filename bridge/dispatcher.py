@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from bridge.batches import BatchLanes, Poster
 from bridge.config import ResolvedTrigger
 from bridge.deadletter import DeadLetter, Sink, SinkRefused
 from bridge.errors import describe
@@ -99,11 +100,26 @@ class Dispatcher:
         )
         #: Bytes of a 2xx answer the invoker keeps (0: none, the answer is dropped unread).
         self._answer_bytes = 0 if self._replier is None else self._replier.max_size
-        self._lanes = Lanes(
-            ordering=ordering, concurrency=trigger.concurrency,
-            max_unsettled=max_unsettled or max(4 * trigger.concurrency, 256),
-            stats=self._stats, run=self._process, log=lambda: self._log, debug=self._debug,
-        )
+        window = max_unsettled or max(4 * trigger.concurrency, 256)
+        batch = trigger.config.batch
+        #: ``batch:`` triggers post their events in batches (bridge.batches); retries alone.
+        self._poster: Poster | None = None
+        self._lanes: Lanes
+        if batch is None:
+            self._lanes = Lanes(
+                ordering=ordering, concurrency=trigger.concurrency, max_unsettled=window,
+                stats=self._stats, run=self._process, log=lambda: self._log, debug=self._debug,
+            )
+        else:
+            self._poster = Poster(
+                trigger=trigger.name, target=target, invoker=invoker, timeout=trigger.timeout,
+                retryable=self._retryable, stats=self._stats, log=lambda: self._log,
+            )
+            self._lanes = BatchLanes(
+                batch, poster=self._poster, handler=self, slots=self._slots,
+                ordering=ordering, concurrency=trigger.concurrency, max_unsettled=window,
+                stats=self._stats, log=lambda: self._log,
+            )
         #: Accept an event; waits while ``max_unsettled`` events are open. (The lanes'
         #: own method: no extra call per event.)
         self.submit: Callable[[Event], Awaitable[None]] = self._lanes.submit
@@ -122,10 +138,19 @@ class Dispatcher:
         """Events accepted and not yet finished."""
         return self._lanes.open
 
-    async def _process(self, event: Event) -> None:
+    async def delivered(self, event: Event) -> None:
+        """Batch lanes: ``event`` was delivered in a batch; settle it."""
+        await self._settle(event, Disposition.DELIVERED)
+
+    async def process(self, event: Event, first: Outcome | None) -> None:
+        """Batch lanes: ``event`` goes on alone after its batch's ``first`` outcome
+        (retries, dead letter, settle), or from the start (None: a ``defect``)."""
+        await self._process(event, first)
+
+    async def _process(self, event: Event, first: Outcome | None = None) -> None:
         try:
             try:
-                await self._deliver(event)
+                await self._deliver(event, first)
             except Draining:
                 raise
             except Exception as err:  # a bug, not an outcome: the event is not lost to it
@@ -166,13 +191,13 @@ class Dispatcher:
         self._stats.internal_errors += 1
         self._log.error(what, event_id=event.id, error=describe(err), exc_info=err)
 
-    async def _deliver(self, event: Event) -> None:
+    async def _deliver(self, event: Event, first: Outcome | None = None) -> None:
         if event.defect is not None:
             self._lanes.mark_started(event)
             outcome = Outcome(OutcomeKind.PERMANENT, "invalid_message", detail=event.defect)
             await self._dead_letter(event, outcome, attempts=0)
             return
-        result, attempts = await self._attempts(event)
+        result, attempts = await self._attempts(event, first)
         if result is None:
             await self._settle(event, Disposition.ABANDONED)
         elif result.ok:
@@ -185,21 +210,29 @@ class Dispatcher:
         else:
             await self._dead_letter(event, result, attempts)
 
-    async def _attempts(self, event: Event) -> tuple[Outcome | None, int]:
-        """Run attempts until delivered, permanent or exhausted; None = missed deadline."""
+    async def _attempts(
+        self, event: Event, first: Outcome | None = None
+    ) -> tuple[Outcome | None, int]:
+        """Run attempts until delivered, permanent or exhausted; None = missed deadline.
+        ``first``: the outcome of attempt 1, made elsewhere (in a batch)."""
         lanes = self._lanes
-        attempt = 0
+        attempt, outcome = (0, None) if first is None else (1, first)
         while True:
-            attempt += 1
-            async with self._slots:
-                if attempt == 1 and lanes.stopping and not lanes.overtaken(event):
-                    raise Draining
-                if attempt == 1 and _past(event.not_after):
-                    self._log.warning("missed starting deadline", event_id=event.id)
-                    return None, 0
-                if attempt == 1:
-                    self._lanes.mark_started(event)
-                outcome = await self._attempt(event, attempt)
+            if outcome is None:
+                attempt += 1
+                if self._poster is not None:  # a batch trigger's retry: a batch of one
+                    async with self._slots:
+                        outcome = await self._poster.alone(event)
+                else:
+                    async with self._slots:
+                        if attempt == 1 and lanes.stopping and not lanes.overtaken(event):
+                            raise Draining
+                        if attempt == 1 and _past(event.not_after):
+                            self._log.warning("missed starting deadline", event_id=event.id)
+                            return None, 0
+                        if attempt == 1:
+                            self._lanes.mark_started(event)
+                        outcome = await self._attempt(event, attempt)
             if outcome.kind is not OutcomeKind.RETRYABLE or attempt >= self._policy.max_attempts:
                 return outcome, attempt
             self._stats.retries += 1
@@ -210,6 +243,7 @@ class Dispatcher:
                 reason=outcome.reason, detail=outcome.detail[:200], retry_in=round(delay, 3),
             )
             await self._pause(delay)
+            outcome = None
 
     async def _attempt(self, event: Event, attempt: int) -> Outcome:
         self._stats.in_flight += 1

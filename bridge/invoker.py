@@ -17,7 +17,8 @@ reused, so no answer can grow the bridge's memory. A trigger with a ``reply`` ke
 :mod:`bridge.replies`).
 
 The result is an :class:`~bridge.outcome.Outcome`; this module never raises for a
-failed attempt.
+failed attempt. :meth:`Invoker.invoke_batch` is the same exchange for a body already
+encoded by :mod:`bridge.batches` (batched mode), returning the 2xx answer it reads.
 """
 
 from __future__ import annotations
@@ -205,6 +206,68 @@ class Invoker:
                 deadlines.finish(expiry)
             target.release(route, outcome)
         return outcome
+
+    async def invoke_batch(
+        self,
+        target: Target,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout: float,
+        retryable: Collection[int],
+        answer_bound: int,
+    ) -> tuple[Outcome, bytes | None]:
+        """One request carrying a batch (``body``, already encoded; ``headers`` the
+        bridge's own, the function's configured headers added): its outcome and, for a
+        2xx, the answer's body (None: longer than ``answer_bound`` bytes, left unread).
+        Everything else is as :meth:`invoke`: the quota slot and endpoint, the timeout,
+        the classification of failures; it never raises for a failed attempt."""
+        try:
+            route = await target.acquire()
+        except NoEndpoints as err:
+            return Outcome(OutcomeKind.RETRYABLE, "no_endpoints", detail=str(err)), b""
+        deadlines = self._deadlines.get(timeout) or self._deadlines.setdefault(
+            timeout, Deadlines(timeout)
+        )
+        started = time.monotonic()
+        expiry = None
+        outcome = None
+        answer: bytes | None = b""
+        try:
+            expiry = deadlines.start()
+            async with self._session.post(
+                route.url, data=body, headers={**target.headers, **headers},
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                if 200 <= status < 300:
+                    read = await _read_answer(response, answer_bound)
+                    answer = None if read.truncated else read.body
+                    outcome = Outcome(OutcomeKind.DELIVERED, "ok", status,
+                                      duration=time.monotonic() - started,
+                                      overflow=route.overflow)
+                else:
+                    outcome = await _error_status_outcome(
+                        response, retryable, started, route.overflow)
+                return outcome, answer
+        except asyncio.CancelledError:
+            if expiry is None or not deadlines.expired(expiry):
+                raise
+            outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
+        except TimeoutError:
+            outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
+        except aiohttp.ClientConnectorError as err:
+            outcome = _failed("connect_error", _short(err), started, route.overflow)
+        except (aiohttp.ClientError, OSError) as err:
+            outcome = _failed("connection_error", _short(err), started, route.overflow)
+        except ValueError as err:  # a request that cannot be sent; sending again won't help
+            outcome = _failed("invalid_request", _short(err), started, route.overflow,
+                              OutcomeKind.PERMANENT)
+        finally:
+            if expiry is not None:
+                deadlines.finish(expiry)
+            target.release(route, outcome)
+        return outcome, b""
 
 
 def _failed(reason: str, detail: str, started: float, overflow: bool,

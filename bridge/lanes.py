@@ -22,6 +22,12 @@ while other keys went on) still runs. Left unsettled, it would hold its partitio
 commit point (Kafka commits one offset per partition) below the events already
 delivered, and the restart would deliver those a second time. Events that never
 started are released unsettled: the source redelivers them.
+
+:class:`bridge.batches.BatchLanes` extends this class for ``batch:`` triggers (a worker
+takes a batch of ready events at a time); it uses ``_ready``, ``_workers``,
+``_starting``, ``_concurrency``, ``_tasks``, ``_is_stale``, ``_withdraw``,
+``_release`` and ``_lane_done``: a change to those is a change to it too
+(tests/unit/test_batches.py).
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ from bridge.config.sources import (
 )
 from bridge.config.triggers import (
     SOURCE_KINDS,
+    BatchConfig,
     BridgeConfig,
     Defaults,
     ResolvedTrigger,
@@ -82,6 +83,7 @@ __all__ = [
     "SOURCE_KINDS",
     "AdaptiveConcurrency",
     "AmqpUrl",
+    "BatchConfig",
     "BridgeConfig",
     "ConfigError",
     "ConfigProblem",

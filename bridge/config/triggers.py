@@ -12,7 +12,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bridge.config.fields import Duration, Name, Strict, Timeout, require_exactly_one
+from bridge.config.fields import (
+    Duration,
+    FieldError,
+    Name,
+    Strict,
+    Timeout,
+    require_exactly_one,
+)
 from bridge.config.functions import FunctionConfig, QuotaConfig
 from bridge.config.replies import ReplyConfig
 from bridge.config.sinks import DeadLetterConfig
@@ -58,6 +65,20 @@ class Defaults(Strict):
 SOURCE_KINDS = ("kafka", "rabbitmq", "cron")
 
 
+class BatchConfig(Strict):
+    """``batch:`` of a Kafka or RabbitMQ trigger: the function receives its events in
+    batches, one POST in CloudEvents batched mode (:mod:`bridge.batches`, docs/batches.md).
+
+    A batch goes when it holds ``max_events`` events or ``max_bytes`` of encoded events,
+    or ``max_wait`` after its first event (0: as soon as a concurrency slot is free).
+    """
+
+    max_events: int = Field(ge=1, le=10_000)
+    #: Bytes of the request body; a single event larger than this goes alone.
+    max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_wait: Duration = Field(0.1, ge=0, le=300)
+
+
 class TriggerConfig(Strict):
     name: Name
     function: str
@@ -71,10 +92,43 @@ class TriggerConfig(Strict):
     kafka: KafkaSource | None = None
     rabbitmq: RabbitSource | None = None
     cron: CronSource | None = None
+    batch: BatchConfig | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> TriggerConfig:
         require_exactly_one(self, SOURCE_KINDS, "source")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_fits_the_source(self) -> TriggerConfig:
+        """Batches are for queue sources, and a batch must be able to fill: the source
+        never holds more than its window (``max_unsettled``, ``prefetch``) unsettled."""
+        batch = self.batch
+        if batch is None:
+            return self
+        if self.cron is not None:
+            raise FieldError(
+                "batch", "cron triggers fire one event per tick and cannot batch; "
+                "'batch' is for kafka and rabbitmq triggers",
+            )
+        if self.reply is not None:
+            raise FieldError(
+                "batch", "a batch is answered with the events that failed, not with replies: "
+                "'batch' and 'reply' cannot be combined",
+            )
+        if self.kafka is not None:
+            window, setting = self.kafka.max_unsettled, "kafka.max_unsettled"
+        elif self.rabbitmq is not None:
+            window, setting = self.rabbitmq.prefetch, "rabbitmq.prefetch"
+        else:
+            return self
+        if batch.max_events > window:
+            raise FieldError(
+                "batch.max_events",
+                f"{batch.max_events} is more than {setting} ({window}): a batch could never "
+                f"fill and would always wait max_wait; raise {setting} (a few batches' "
+                "worth) or lower max_events",
+            )
         return self
 
     @property

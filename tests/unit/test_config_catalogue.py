@@ -522,6 +522,48 @@ CATALOGUE: list[Any] = [
         rabbit("ordering: partition"), "triggers[0].rabbitmq.ordering: ",
         "must be 'none' or 'key'; got 'partition'", id="rabbitmq-bad-ordering",
     ),
+    # --- batch -----------------------------------------------------------------------
+    pytest.param(
+        trigger(CRON + ", batch: {max_events: 10}"), "triggers[0].batch: ",
+        "cron triggers fire one event per tick and cannot batch", id="batch-on-cron",
+    ),
+    pytest.param(
+        trigger(KAFKA + ", batch: {max_events: 10}, reply: {kafka: {topic: answers}}"),
+        "triggers[0].batch: ", "'batch' and 'reply' cannot be combined", id="batch-with-reply",
+    ),
+    pytest.param(
+        trigger(KAFKA + ", batch: {max_wait: 1s}"), "triggers[0].batch.max_events: ",
+        "required", id="batch-without-max-events",
+    ),
+    pytest.param(
+        trigger(KAFKA + ", batch: {max_events: 0}"), "triggers[0].batch.max_events: ",
+        "must be at least 1, got 0", id="batch-max-events-zero",
+    ),
+    pytest.param(
+        trigger(RABBIT + ", batch: {max_events: 100}"), "triggers[0].batch.max_events: ",
+        "100 is more than rabbitmq.prefetch (50)", id="batch-larger-than-prefetch",
+    ),
+    pytest.param(
+        trigger(KAFKA + ", batch: {max_events: 1001}"), "triggers[0].batch.max_events: ",
+        "1001 is more than kafka.max_unsettled (1000)", id="batch-larger-than-max-unsettled",
+    ),
+    pytest.param(
+        trigger(KAFKA + ", batch: {max_events: 10, max_bytes: 10}"),
+        "triggers[0].batch.max_bytes: ", "must be at least 1024, got 10",
+        id="batch-max-bytes-too-small",
+    ),
+    pytest.param(
+        trigger(KAFKA + ", batch: {max_events: 10, max_wait: -5s}"),
+        "triggers[0].batch.max_wait: ", "non-negative", id="batch-max-wait-negative",
+    ),
+    pytest.param(
+        trigger(KAFKA + ", batch: {max_events: 10, max_wait: 10m}"),
+        "triggers[0].batch.max_wait: ", "at most 300", id="batch-max-wait-too-long",
+    ),
+    pytest.param(
+        trigger(KAFKA + ", batch: {max_events: 10, size: 3}"), "triggers[0].batch.size: ",
+        "unknown key (allowed here: max_events, max_bytes, max_wait)", id="batch-unknown-key",
+    ),
     # --- dead letters ----------------------------------------------------------------
     pytest.param(
         trigger(CRON + ", dead_letter: {file: {path: a}, kafka: {topic: b}}"),
