@@ -248,6 +248,7 @@ class Poster:
             return [outcome] * len(ids)
         failed = read_answer(answer, ids)
         if isinstance(failed, str):
+            failed = self._target.redact(failed)  # it quotes the answer: a function's secrets
             self._log().error(
                 "batch answer not understood; the whole batch counts as failed",
                 problem=failed, status=outcome.status, events=len(ids),

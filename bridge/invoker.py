@@ -248,7 +248,7 @@ class Invoker:
                                       overflow=route.overflow)
                 else:
                     outcome = await _error_status_outcome(
-                        response, retryable, started, route.overflow)
+                        response, retryable, started, route.overflow, target.redact)
                 return outcome, answer
         except asyncio.CancelledError:
             if expiry is None or not deadlines.expired(expiry):
@@ -257,12 +257,14 @@ class Invoker:
         except TimeoutError:
             outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
         except aiohttp.ClientConnectorError as err:
-            outcome = _failed("connect_error", _short(err), started, route.overflow)
+            outcome = _failed("connect_error", target.redact(_short(err)), started,
+                              route.overflow)
         except (aiohttp.ClientError, OSError) as err:
-            outcome = _failed("connection_error", _short(err), started, route.overflow)
+            outcome = _failed("connection_error", target.redact(_short(err)), started,
+                              route.overflow)
         except ValueError as err:  # a request that cannot be sent; sending again won't help
-            outcome = _failed("invalid_request", _short(err), started, route.overflow,
-                              OutcomeKind.PERMANENT)
+            outcome = _failed("invalid_request", target.redact(_short(err)), started,
+                              route.overflow, OutcomeKind.PERMANENT)
         finally:
             if expiry is not None:
                 deadlines.finish(expiry)
