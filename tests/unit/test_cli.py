@@ -159,6 +159,9 @@ def test_schedule_non_numeric_count_is_a_usage_error(capsys: pytest.CaptureFixtu
         ({"BRIDGE_LOG_FORMAT": "xml"}, "BRIDGE_LOG_FORMAT: must be 'json' or 'console'; got 'xml'"),
         ({"BRIDGE_DRAIN_TIMEOUT": "soon"}, "BRIDGE_DRAIN_TIMEOUT: invalid duration 'soon'"),
         ({"BRIDGE_DRAIN_TIMEOUT": "-3s"}, "BRIDGE_DRAIN_TIMEOUT: duration must"),
+        ({"BRIDGE_CRON_SHARDS": "-1"}, "BRIDGE_CRON_SHARDS: must be at least 0, got '-1'"),
+        ({"BRIDGE_CRON_SHARDS": "many"}, "BRIDGE_CRON_SHARDS: expected a whole number"),
+        ({"BRIDGE_CLUSTER_QUOTAS": "perhaps"}, "BRIDGE_CLUSTER_QUOTAS: "),
     ],
 )
 @pytest.mark.parametrize("command", ["run", "validate"])
