@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -142,6 +143,7 @@ def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+@functools.lru_cache(maxsize=1024)  # checked for every extension of every attempt
 def is_attribute_name(name: str) -> bool:
     """CloudEvents attribute names are lower-case ASCII letters and digits."""
     return _NAME.match(name) is not None

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from bridge.cloudevents import CORE, CloudEvent
 
@@ -146,6 +147,20 @@ class Event:
 
 
 def format_time(moment: datetime) -> str:
-    """RFC 3339 as CloudEvents writes it; UTC as ``Z``."""
+    """RFC 3339 as CloudEvents writes it; UTC as ``Z``.
+
+    UTC times (every Kafka record's) are remembered for a while: records arrive in
+    runs that share a millisecond timestamp, and ``isoformat`` costs ~1 µs.
+    """
+    if moment.tzinfo is UTC:
+        return _format_utc(moment)
+    return _format(moment)
+
+
+def _format(moment: datetime) -> str:
     text = moment.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+#: Keyed by equal instants, so only for one time zone (UTC): 12:00Z == 13:00+01:00.
+_format_utc = functools.lru_cache(maxsize=256)(_format)

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from cloudevents.http import from_http
 
-from bridge.events import Event
+from bridge.events import Event, format_time
 from bridge.invoker import USER_AGENT, Invoker, build_headers, percent_encode
 from bridge.outcome import OutcomeKind
 from bridge.pools import BalancedPool, Target
@@ -361,3 +361,12 @@ async def test_redirects_are_not_followed(session: aiohttp.ClientSession, status
             OutcomeKind.PERMANENT, f"http_{status}", status
         )
         assert elsewhere.calls == []
+
+
+def test_equal_instants_in_other_zones_keep_their_own_offset() -> None:
+    noon = datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=UTC)
+    later = noon.astimezone(timezone(timedelta(hours=1)))
+    assert noon == later
+    for _ in range(2):  # UTC times are remembered: the other zone's text is its own
+        assert format_time(noon) == "2026-01-01T12:00:00.123000Z"
+        assert format_time(later) == "2026-01-01T13:00:00.123000+01:00"
