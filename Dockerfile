@@ -15,10 +15,12 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY connectors ./connectors
+# The tracing extra (OpenTelemetry SDK, OTLP/HTTP exporter) is in: spans are turned on by
+# OTEL_EXPORTER_OTLP_ENDPOINT alone (docs/operations.md, Tracing).
 # The Kafka codecs (snappy, lz4, zstd through cramjam) are dependencies; the build fails
 # if any of them cannot be read, rather than an image that stalls on compressed records.
 RUN /opt/venv/bin/python -m pip install --upgrade pip \
-    && /opt/venv/bin/python -m pip install '.[speedups]' \
+    && /opt/venv/bin/python -m pip install '.[speedups,tracing]' \
     && /opt/venv/bin/trigger-bridge --version \
     && /opt/venv/bin/python -c "from aiokafka import codec; \
 assert codec.has_gzip() and codec.has_snappy() and codec.has_lz4() and codec.has_zstd()"

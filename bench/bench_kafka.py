@@ -49,6 +49,12 @@ Scenarios (one JSON line per contender, then a summary line):
   produced at ``--rate`` per second; latency = receipt at the function - the record's
   timestamp (set by the producer, ms resolution). Summary ``added`` = bridge - baseline
   at p50 and p99 (with ``--repeat N``: the median of the per-round differences).
+- ``tracing`` (only with ``--only tracing``): the throughput drain of ``bridge_none``
+  with tracing off, propagating only (``BRIDGE_TRACING=on``) and exporting spans over
+  OTLP/HTTP to a receiver process that counts them; ``--no-tracing-root DIR`` adds the
+  daemon of a tree without the tracing code. Summary: median steady CPU per record of
+  each, ``off_minus_no_code`` (what tracing off costs) and the cost of propagation and
+  of export per record.
 """
 
 from __future__ import annotations
@@ -141,21 +147,23 @@ def serve_function(port: int, delay: float) -> None:
         stamps.clear()
         return web.Response(text="ok")
 
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_get("/stats", stats)
-        app.router.add_post("/reset", reset)
-        app.router.add_post("/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        print("ready", flush=True)
-        await stop.wait()
-        await runner.cleanup()
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/reset", reset)
+    app.router.add_post("/{tail:.*}", handle)
+    asyncio.run(serve_until_sigterm(app, port))
 
-    asyncio.run(serve())
+
+async def serve_until_sigterm(app: web.Application, port: int) -> None:
+    """Serve ``app`` on localhost:``port``, print ``ready``, stop at SIGTERM."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await runner.cleanup()
 
 
 # --- the raw baseline (its own process) ------------------------------------------------
@@ -470,12 +478,15 @@ triggers:
     return path
 
 
-def start_bridge(config: Path, env: dict[str, str] | None = None) -> Contender:
+def start_bridge(
+    config: Path, env: dict[str, str] | None = None, root: Path = ROOT
+) -> Contender:
+    """The daemon of the tree at ``root`` (default: this one), with ``env`` added."""
     admin = free_port()
     contender = Contender(
         [sys.executable, "-m", "bridge", "run", "--config", str(config)],
         env={"BRIDGE_ADMIN_PORT": str(admin), "BRIDGE_ADMIN_HOST": "127.0.0.1",
-             "BRIDGE_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT), **(env or {})},
+             "BRIDGE_LOG_LEVEL": "warning", "PYTHONPATH": str(root), **(env or {})},
     )
     contender.admin = admin  # type: ignore[attr-defined]
     return contender
@@ -573,7 +584,7 @@ def _label(name: str, ordering: str) -> str:
 async def _drain(
     args: argparse.Namespace, broker: Broker, workdir: Path, topic: str, *,
     function: Function, session: aiohttp.ClientSession, name: str, ordering: str,
-    batch: str = "",
+    batch: str = "", env: dict[str, str] | None = None, root: Path = ROOT,
 ) -> tuple[float, float, float]:
     """One contender consumes every record: (records/s at the function, CPU seconds over
     its life, CPU seconds per record while records flowed: start-up and group join left
@@ -586,7 +597,8 @@ async def _drain(
         contender = start_bridge(bridge_config(
             broker.bootstrap, topic, function.url, ordering, workdir=workdir,
             **(batch_config(args, batch) if batch else {"concurrency": args.concurrency})),
-            env={"BRIDGE_UVLOOP": "false"} if name == "bridge_asyncio" else None)
+            {**(env or {}), **({"BRIDGE_UVLOOP": "false"} if name == "bridge_asyncio" else {})},
+            root)
     profiler = None
     try:
         first = await function.wait_count(session, 1, args.timeout)
@@ -765,6 +777,110 @@ async def batches(args: argparse.Namespace, broker: Broker, workdir: Path) -> No
         function.stop()
 
 
+# --- tracing: off costs nothing, on costs what it costs ---------------------------------
+
+
+def serve_collector(port: int) -> None:
+    """An OTLP/HTTP trace receiver that counts the spans it is sent (``GET /stats``)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    spans = 0
+
+    async def export(request: web.Request) -> web.Response:
+        nonlocal spans
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        spans += sum(len(scope.spans) for resource in message.resource_spans
+                     for scope in resource.scope_spans)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"spans": spans})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/traces", export)
+    app.router.add_get("/stats", stats)
+    asyncio.run(serve_until_sigterm(app, port))
+
+
+async def tracing(args: argparse.Namespace, broker: Broker, workdir: Path) -> None:
+    """``bridge_none`` with tracing off, propagating only (``BRIDGE_TRACING=on``) and
+    exporting spans to a local OTLP/HTTP receiver (its own process, counting spans), and
+    with ``--no-tracing-root`` also the daemon of a tree without the tracing code; rounds
+    alternate the order; the summary compares medians of steady CPU per record."""
+    topic = broker.topic(partitions=4)
+    keys = [str(k).encode() for k in range(KEYS)]
+    await produce(broker.bootstrap, topic, args.records, args.size, keys)
+    function = Function(0.0)
+    collector = Collector()
+    port = collector.port
+    variants: list[tuple[str, dict[str, str], Path]] = [
+        ("tracing_off", {}, ROOT),
+        ("tracing_propagate", {"BRIDGE_TRACING": "on"}, ROOT),
+        ("tracing_otlp", {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}, ROOT),
+    ]
+    if args.no_tracing_root:
+        variants.insert(0, ("no_tracing_code", {}, args.no_tracing_root))
+    cpu: dict[str, list[float]] = {}
+    rates: dict[str, list[float]] = {}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(args.warmup):
+                await _drain(args, broker, workdir, topic, function=function, session=session,
+                             name="bridge", ordering="none")
+            for round_ in range(args.repeat):
+                for label, env, root in variants if round_ % 2 == 0 else variants[::-1]:
+                    before = await _collected(session, port)
+                    rate, _, steady = await _drain(
+                        args, broker, workdir, topic, function=function, session=session,
+                        name="bridge", ordering="none", env=env, root=root)
+                    spans = await _collected(session, port) - before
+                    cpu.setdefault(label, []).append(steady)
+                    rates.setdefault(label, []).append(rate)
+                    emit(scenario="tracing", variant=label, round=round_ + 1,
+                         records=args.records, records_per_s=round(rate),
+                         steady_cpu_us_per_record=round(steady * 1e6, 1),
+                         spans_exported_per_record=round(spans / args.records, 2))
+    finally:
+        function.stop()
+        collector.stop()
+    us = {k: statistics.median(v) * 1e6 for k, v in cpu.items()}
+    summary: dict[str, Any] = {
+        "median_steady_cpu_us_per_record": {k: round(v, 1) for k, v in us.items()},
+        "median_records_per_s": {k: round(statistics.median(v)) for k, v in rates.items()},
+        "propagate_cost_us_per_record": round(us["tracing_propagate"] - us["tracing_off"], 1),
+        "otlp_cost_us_per_record": round(us["tracing_otlp"] - us["tracing_off"], 1),
+    }
+    if "no_tracing_code" in us:
+        summary["off_minus_no_code_us_per_record"] = round(
+            us["tracing_off"] - us["no_tracing_code"], 1)
+    emit(scenario="tracing", summary=True, rounds=args.repeat, **summary)
+
+
+class Collector:
+    """The OTLP/HTTP receiver process (:func:`serve_collector`)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve-collector", str(self.port)],
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        self.process.stdout.readline()
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(10)
+
+
+async def _collected(session: aiohttp.ClientSession, port: int) -> int:
+    async with session.get(f"http://127.0.0.1:{port}/stats") as response:
+        return int((await response.json())["spans"])
+
+
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -778,6 +894,8 @@ async def run(args: argparse.Namespace) -> None:
                 await latency(args, broker, workdir)
             if args.only in (None, "batch"):
                 await batches(args, broker, workdir)
+            if args.only == "tracing":
+                await tracing(args, broker, workdir)
         finally:
             broker.stop()
 
@@ -785,6 +903,9 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-function":
         serve_function(int(sys.argv[2]), float(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-collector":
+        serve_collector(int(sys.argv[2]))
         return
     if len(sys.argv) > 1 and sys.argv[1] in ("--baseline", "--pipelined", "--pipelined_uvloop"):
         bootstrap, topic, group, url, concurrency = sys.argv[2:7]
@@ -819,7 +940,12 @@ def main() -> None:
                         help="batch scenario: produce rates of the latency runs")
     parser.add_argument("--batch-seconds", type=float, default=5.0,
                         help="batch scenario: seconds of records per latency run")
-    parser.add_argument("--only", choices=["throughput", "ordering", "latency", "batch"])
+    parser.add_argument("--only",
+                        choices=["throughput", "ordering", "latency", "batch", "tracing"],
+                        help="one scenario; 'tracing' runs only when asked for")
+    parser.add_argument("--no-tracing-root", metavar="DIR", type=lambda t: Path(t).resolve(),
+                        help="tracing scenario: also run the daemon of this tree (one "
+                        "without the tracing code, e.g. a 'git archive' of the commit before)")
     parser.add_argument("--callgrind", metavar="DIR",
                         help="run each contender under valgrind's callgrind and print its "
                         "instructions per record while records flow (robust to a loaded "

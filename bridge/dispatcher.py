@@ -49,6 +49,7 @@ from bridge.outcome import Outcome, OutcomeKind
 from bridge.pools import Target
 from bridge.replies import Replier, ReplySink
 from bridge.retry import Backoff, backoff
+from bridge.tracing import EventTrace, Tracer
 
 #: Backoff between failed dead-letter writes: quick at first, then every 30 s.
 _SINK_RETRY = Backoff(initial=0.5, maximum=30.0)
@@ -72,11 +73,13 @@ class Dispatcher:
         ordering: Ordering = "none",
         max_unsettled: int | None = None,
         replies: ReplySink | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """``sink`` takes the trigger's dead letters, ``fallback`` (``dead_letter.fallback``)
         those ``sink`` refuses for good; ``max_unsettled`` bounds the events open at once
         (None: 4 x concurrency, at least 256); ``replies`` publishes the function's answers
-        (a trigger with ``reply``, :mod:`bridge.replies`)."""
+        (a trigger with ``reply``, :mod:`bridge.replies`); ``tracer`` traces each event
+        (:mod:`bridge.tracing`; None: tracing off, and then no tracing code runs)."""
         self.trigger = trigger
         self._target = target
         self._invoker = invoker
@@ -100,6 +103,9 @@ class Dispatcher:
         )
         #: Bytes of a 2xx answer the invoker keeps (0: none, the answer is dropped unread).
         self._answer_bytes = 0 if self._replier is None else self._replier.max_size
+        self._tracer = tracer
+        #: Each open event's trace while tracing is on (None: off). Batches are not traced.
+        self._traces: dict[Event, EventTrace] | None = None if tracer is None else {}
         window = max_unsettled or max(4 * trigger.concurrency, 256)
         batch = trigger.config.batch
         #: ``batch:`` triggers post their events in batches (bridge.batches); retries alone.
@@ -108,7 +114,8 @@ class Dispatcher:
         if batch is None:
             self._lanes = Lanes(
                 ordering=ordering, concurrency=trigger.concurrency, max_unsettled=window,
-                stats=self._stats, run=self._process, log=lambda: self._log, debug=self._debug,
+                stats=self._stats, run=self._process if tracer is None else self._traced,
+                log=lambda: self._log, debug=self._debug,
             )
         else:
             self._poster = Poster(
@@ -146,6 +153,17 @@ class Dispatcher:
         """Batch lanes: ``event`` goes on alone after its batch's ``first`` outcome
         (retries, dead letter, settle), or from the start (None: a ``defect``)."""
         await self._process(event, first)
+
+    async def _traced(self, event: Event) -> None:
+        """:meth:`_process` inside the event's trace (tracing on)."""
+        assert self._tracer is not None
+        assert self._traces is not None
+        trace = self._traces[event] = self._tracer.receive(event, self.trigger.function_name)
+        try:
+            await self._process(event)
+        finally:
+            del self._traces[event]
+            trace.end(event.settled)
 
     async def _process(self, event: Event, first: Outcome | None = None) -> None:
         try:
@@ -246,17 +264,20 @@ class Dispatcher:
             outcome = None
 
     async def _attempt(self, event: Event, attempt: int) -> Outcome:
+        span = None if self._traces is None else self._traces[event].attempt(attempt)
         self._stats.in_flight += 1
         try:
             outcome = await self._invoker.invoke(
                 self._target, event, attempt, self.trigger.timeout, self._retryable,
-                answer_bytes=self._answer_bytes,
+                answer_bytes=self._answer_bytes, trace=None if span is None else span.headers,
             )
         except Exception as err:  # the invoker never raises for a failed attempt: a bug
             self._bug(event, err)
             outcome = Outcome(OutcomeKind.PERMANENT, "internal_error", detail=describe(err))
         finally:
             self._stats.in_flight -= 1
+        if span is not None:
+            span.end(outcome)
         self._stats.outcome(outcome.kind.value, outcome.duration)
         if outcome.overflow:
             self._stats.overflow += 1
@@ -270,11 +291,15 @@ class Dispatcher:
 
     async def _dead_letter(self, event: Event, outcome: Outcome, attempts: int) -> None:
         record = DeadLetter.of(event, self.trigger.function_name, outcome, attempts)
+        trace = None if self._traces is None else self._traces.get(event)
+        span = None if trace is None else trace.dead_letter(outcome.reason)
         # A dead-letter write is no invocation: like the backoff, it lends its place, so
         # a slow or hanging sink does not hold the trigger's concurrency from healthy
         # events (they go on until max_unsettled events are open).
         with self._lanes.lending_place():
             fallback = await self._store(event, record)
+        if span is not None:
+            span.end(fallback)
         self._stats.dead_letter(outcome.reason)
         if fallback:
             self._stats.dead_letter_fallbacks += 1

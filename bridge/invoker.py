@@ -108,6 +108,13 @@ def build_headers(
     return headers
 
 
+def _trace_headers(headers: dict[str, str], trace: Mapping[str, str]) -> None:
+    """Set the trace headers, dropping other spellings of their names first."""
+    for name in [n for n in headers if n.lower() in trace and n not in trace]:
+        del headers[name]
+    headers.update(trace)
+
+
 def _printable(text: str) -> str:
     if text.isascii() and text.isprintable():
         return text
@@ -149,12 +156,15 @@ class Invoker:
         retryable: Collection[int] = DEFAULT_RETRYABLE_STATUSES,
         *,
         answer_bytes: int = 0,
+        trace: Mapping[str, str] | None = None,
     ) -> Outcome:
         """One attempt; ``timeout`` bounds the HTTP exchange, not the wait for a slot.
 
         ``answer_bytes`` > 0 (a trigger with a ``reply``): a 2xx answer's body, up to that
         many bytes, and its ``Content-Type`` and ``ce-*`` headers are kept in
         ``Outcome.answer``; otherwise the body is dropped unread (see the module docs).
+        ``trace``: the W3C ``traceparent``/``tracestate`` headers of this attempt
+        (tracing on, :mod:`bridge.tracing`); they replace any of those names.
         """
         try:
             route = await target.acquire()
@@ -168,6 +178,8 @@ class Invoker:
         outcome = None
         try:
             headers = build_headers(event, attempt, target.headers)
+            if trace is not None:
+                _trace_headers(headers, trace)
             expiry = deadlines.start()
             # A redirect is an answer, not delivery: following a 301/302 would turn the
             # POST into a GET without the event and count that GET's 2xx as delivered.

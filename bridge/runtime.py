@@ -78,6 +78,8 @@ from bridge.replies import ReplySink
 from bridge.retry import Backoff
 from bridge.settings import Settings
 from bridge.supervisor import Loop, Supervisor
+from bridge.tracing import Tracer
+from bridge.tracing import build as build_tracer
 from connectors.base import (
     Connector,
     ConnectorContext,
@@ -201,6 +203,8 @@ class Runtime:
         )
         self._session: aiohttp.ClientSession | None = None
         self._invoker: Invoker | None = None
+        #: Set by start() when tracing is on (bridge.tracing); None: off.
+        self._tracer: Tracer | None = None
         self._targets: dict[str, Target] = {}
         #: The pools of the targets that watch their endpoints, and their watch tasks.
         self._watched: dict[str, WatchedPool] = {}
@@ -222,6 +226,7 @@ class Runtime:
         self._starting = True
         self._session = Invoker.new_session()
         self._invoker = Invoker(self._session)
+        self._tracer = build_tracer(self.settings, self.log)
         try:
             await self._start_admin()
             await self._start_all()
@@ -267,7 +272,8 @@ class Runtime:
         await self._stop_step("stop the endpoint watches", deadline, partial(_cancel, watches))
         resources: list[Closable] = [*self._sinks.values(), *self._replies.values(),
                                      *self._targets.values(), *self.context.shared_values(),
-                                     *self._resources]
+                                     *self._resources,
+                                     *([] if self._tracer is None else [self._tracer])]
         await asyncio.gather(*(
             self._stop_step(f"close {type(r).__name__}", deadline, r.close)
             for r in resources
@@ -444,7 +450,8 @@ class Runtime:
         for name in list(self._targets):
             await self._close_target(name)
         for resource in [*self._sinks.values(), *self._replies.values(),
-                         *self.context.shared_values(), *self._resources]:
+                         *self.context.shared_values(), *self._resources,
+                         *([] if self._tracer is None else [self._tracer])]:
             await close_quietly(resource.close, timeout=_STOP_TIMEOUT)
         self._sinks.clear()
         self._replies.clear()
@@ -479,6 +486,7 @@ class Runtime:
             ordering=trigger.ordering,
             max_unsettled=connector.max_unsettled,
             replies=replies,
+            tracer=self._tracer,
         )
         return RunningTrigger(trigger, connector, dispatcher, sinks=sinks)
 

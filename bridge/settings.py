@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.durations import parse_duration
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BRIDGE_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", frozen=True, extra="ignore",
+                                      populate_by_name=True)
 
     config: str | None = None
     admin_host: str = "0.0.0.0"
@@ -56,6 +57,18 @@ class Settings(BaseSettings):
     watch_triggers: bool = False
     #: How often the config file is checked for changes (0: only on SIGHUP).
     reload_interval: Annotated[float, BeforeValidator(parse_duration)] = 2.0
+
+    # --- tracing (bridge.tracing; the standard OTEL_* variables where one exists) ------
+    #: ``auto``: on when an OTLP endpoint is set; ``on``: propagate trace context even
+    #: without one; ``off``.
+    tracing: Literal["auto", "on", "off"] = "auto"
+    otlp_endpoint: str | None = Field(None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    otlp_protocol: str | None = Field(None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"))
+    otel_sdk_disabled: bool = Field(False, validation_alias="OTEL_SDK_DISABLED")
+    otel_traces_exporter: str = Field("otlp", validation_alias="OTEL_TRACES_EXPORTER")
+    otel_service_name: str | None = Field(None, validation_alias="OTEL_SERVICE_NAME")
 
     @field_validator("lease_retry_period")
     @classmethod

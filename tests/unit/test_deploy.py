@@ -307,8 +307,8 @@ def dockerfile_stages() -> list[list[str]]:
 
 def test_dockerfile_is_multi_stage_non_root_exec_form() -> None:
     build_stage, final = dockerfile_stages()
-    # as the tests install it (their extra has uvloop too)
-    assert any("pip install '.[speedups]'" in line for line in build_stage)
+    # as the tests install it (their extra has uvloop and the tracing extra's SDK too)
+    assert any("pip install '.[speedups,tracing]'" in line for line in build_stage)
     # ... and the build fails if a Kafka codec cannot be read (cramjam missing).
     assert any("codec.has_snappy() and codec.has_lz4() and codec.has_zstd()" in line
                for line in build_stage)
