@@ -51,7 +51,8 @@ Scenarios (one JSON line per contender, then a summary line):
   at p50 and p99 (with ``--repeat N``: the median of the per-round differences).
 - ``tracing`` (only with ``--only tracing``): the throughput drain of ``bridge_none``
   with tracing off, propagating only (``BRIDGE_TRACING=on``) and exporting spans over
-  OTLP/HTTP to a receiver process that counts them; ``--no-tracing-root DIR`` adds the
+  OTLP/HTTP to a receiver process that counts them (all spans, and 10 % sampled with
+  ``OTEL_TRACES_SAMPLER=parentbased_traceidratio``); ``--no-tracing-root DIR`` adds the
   daemon of a tree without the tracing code. Summary: median steady CPU per record of
   each, ``off_minus_no_code`` (what tracing off costs) and the cost of propagation and
   of export per record.
@@ -820,6 +821,10 @@ async def tracing(args: argparse.Namespace, broker: Broker, workdir: Path) -> No
         ("tracing_off", {}, ROOT),
         ("tracing_propagate", {"BRIDGE_TRACING": "on"}, ROOT),
         ("tracing_otlp", {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}, ROOT),
+        ("tracing_otlp_sampled_10pct", {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        }, ROOT),
     ]
     if args.no_tracing_root:
         variants.insert(0, ("no_tracing_code", {}, args.no_tracing_root))
@@ -852,6 +857,8 @@ async def tracing(args: argparse.Namespace, broker: Broker, workdir: Path) -> No
         "median_records_per_s": {k: round(statistics.median(v)) for k, v in rates.items()},
         "propagate_cost_us_per_record": round(us["tracing_propagate"] - us["tracing_off"], 1),
         "otlp_cost_us_per_record": round(us["tracing_otlp"] - us["tracing_off"], 1),
+        "otlp_sampled_10pct_cost_us_per_record": round(
+            us["tracing_otlp_sampled_10pct"] - us["tracing_off"], 1),
     }
     if "no_tracing_code" in us:
         summary["off_minus_no_code_us_per_record"] = round(

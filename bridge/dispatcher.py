@@ -155,10 +155,18 @@ class Dispatcher:
         await self._process(event, first)
 
     async def _traced(self, event: Event) -> None:
-        """:meth:`_process` inside the event's trace (tracing on)."""
+        """:meth:`_process` inside the event's trace (tracing on). A tracer that fails
+        costs the event its trace, never its delivery."""
         assert self._tracer is not None
         assert self._traces is not None
-        trace = self._traces[event] = self._tracer.receive(event, self.trigger.function_name)
+        try:
+            trace = self._traces[event] = self._tracer.receive(
+                event, self.trigger.function_name)
+        except Exception as err:
+            self._log.warning("tracing failed; event not traced", event_id=event.id,
+                              error=describe(err))
+            await self._process(event)
+            return
         try:
             await self._process(event)
         finally:
@@ -264,7 +272,8 @@ class Dispatcher:
             outcome = None
 
     async def _attempt(self, event: Event, attempt: int) -> Outcome:
-        span = None if self._traces is None else self._traces[event].attempt(attempt)
+        trace = None if self._traces is None else self._traces.get(event)
+        span = None if trace is None else trace.attempt(attempt)
         self._stats.in_flight += 1
         try:
             outcome = await self._invoker.invoke(
