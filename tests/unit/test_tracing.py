@@ -272,3 +272,24 @@ async def test_an_unreachable_endpoint_is_one_line_until_it_recovers() -> None:
     ]
     assert lines[0]["error"] == f"cannot connect to 127.0.0.1:{port}: Connection refused"
     assert [s.name for s in receiver.spans] == ["a", "b", "c"]
+
+
+class BrokenTracer:
+    """A tracer whose every call fails (a bug in it, or in the SDK)."""
+
+    def receive(self, event: Event, function: str) -> None:
+        raise RuntimeError("tracer broken")
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+async def test_a_failing_tracer_costs_the_event_its_trace_not_its_delivery(
+    rig: TraceRig,
+) -> None:
+    dispatcher = rig.dispatcher(BrokenTracer())  # type: ignore[arg-type]
+    await dispatcher.submit(rig.event("e1"))
+    await rig.settlements.wait(1)
+    assert [c.body for c in rig.fn.calls] == [b"e1"]
+    assert rig.sink.records == []
+    assert "traceparent" not in rig.fn.calls[0].headers
