@@ -202,17 +202,8 @@ class Invoker:
             if expiry is None or not deadlines.expired(expiry):
                 raise
             outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
-        except TimeoutError:
-            outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
-        except aiohttp.ClientConnectorError as err:
-            outcome = _failed("connect_error", target.redact(_short(err)), started,
-                              route.overflow)
-        except (aiohttp.ClientError, OSError) as err:
-            outcome = _failed("connection_error", target.redact(_short(err)), started,
-                              route.overflow)
-        except ValueError as err:  # a request that cannot be sent; sending again won't help
-            outcome = _failed("invalid_request", target.redact(_short(err)), started,
-                              route.overflow, OutcomeKind.PERMANENT)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as err:
+            outcome = _attempt_failure(err, timeout, started, route.overflow, target.redact)
         finally:
             if expiry is not None:
                 deadlines.finish(expiry)
@@ -266,17 +257,8 @@ class Invoker:
             if expiry is None or not deadlines.expired(expiry):
                 raise
             outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
-        except TimeoutError:
-            outcome = _failed("timeout", _no_response(timeout), started, route.overflow)
-        except aiohttp.ClientConnectorError as err:
-            outcome = _failed("connect_error", target.redact(_short(err)), started,
-                              route.overflow)
-        except (aiohttp.ClientError, OSError) as err:
-            outcome = _failed("connection_error", target.redact(_short(err)), started,
-                              route.overflow)
-        except ValueError as err:  # a request that cannot be sent; sending again won't help
-            outcome = _failed("invalid_request", target.redact(_short(err)), started,
-                              route.overflow, OutcomeKind.PERMANENT)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as err:
+            outcome = _attempt_failure(err, timeout, started, route.overflow, target.redact)
         finally:
             if expiry is not None:
                 deadlines.finish(expiry)
@@ -346,3 +328,18 @@ def _no_response(timeout: float) -> str:
 def _short(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     return text[:300]
+
+
+def _attempt_failure(err: Exception, timeout: float, started: float, overflow: bool,
+                     redact: Redactor) -> Outcome:
+    """The Outcome of an attempt that raised ``err`` before an answer (one classification
+    for single and batch invocations)."""
+    if isinstance(err, TimeoutError):
+        return _failed("timeout", _no_response(timeout), started, overflow)
+    if isinstance(err, aiohttp.ClientConnectorError):
+        return _failed("connect_error", redact(_short(err)), started, overflow)
+    if isinstance(err, aiohttp.ClientError | OSError):
+        return _failed("connection_error", redact(_short(err)), started, overflow)
+    # ValueError: a request that cannot be sent; sending again won't help
+    return _failed("invalid_request", redact(_short(err)), started, overflow,
+                   OutcomeKind.PERMANENT)
